@@ -1,0 +1,26 @@
+"""Meta-learners: each a pure function of (meta-parameters, task batch, noise) -> loss.
+
+Add a learner by subclassing :class:`Learner`, declaring its ``hyperparameters`` and
+registering it with ``@LEARNERS.register("name")``; the contract tests, search spaces and
+CLI pick it up from the registry.
+"""
+
+from __future__ import annotations
+
+from metatune.learners.base import Learner, Noise, State, TaskOutput
+from metatune.learners.hparams import COMMON, FIRST_ORDER, INNER_LR, INNER_STEPS, HyperParameter
+from metatune.learners.maml import FOMAML, MAML
+from metatune.learners.metasgd import MetaSGD
+from metatune.registry import Registry
+
+__all__ = [
+    "COMMON", "FIRST_ORDER", "FOMAML", "INNER_LR", "INNER_STEPS", "LEARNERS", "MAML",
+    "HyperParameter", "Learner", "MetaSGD", "Noise", "State", "TaskOutput", "register_learner",
+]
+
+LEARNERS: Registry[Learner] = Registry("learner")
+register_learner = LEARNERS.register
+
+register_learner("maml")(MAML)
+register_learner("fomaml")(FOMAML)
+register_learner("metasgd")(MetaSGD)

@@ -1,0 +1,170 @@
+"""The learner contract: a meta-learner is a pure function of (meta-parameters, task batch,
+noise). Subclasses say how to start adapting, how to take one inner step and how to predict;
+this base class batches those over every task of a meta-batch with ``torch.func.vmap`` and
+takes inner gradients with ``torch.func.grad``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.func import grad, vmap
+
+from metatune.errors import ConfigError
+from metatune.learners.hparams import COMMON, HyperParameter, Value
+from metatune.models.base import Backbone, Params
+from metatune.tasks.base import TaskBatch, TaskDistribution
+
+__all__ = ["Learner", "Noise", "State", "TaskOutput"]
+
+Noise = dict[str, Tensor]
+#: A learner's per-task adaptation state; by default the adapted cell weights and biases.
+State = Any
+TaskOutput = dict[str, Tensor]
+
+
+class Learner(abc.ABC):
+    """Base of every meta-learner.
+
+    Per task (unbatched, run under vmap): ``init_state`` -> ``inner_step`` x n -> ``predict``.
+    Meta-loss = mean over tasks of the query loss after the last inner step (algorithms.md
+    §11.6). Randomness (``sample_noise``) is drawn outside vmap from an explicit generator.
+    """
+
+    name: ClassVar[str]
+    hyperparameters: ClassVar[tuple[HyperParameter, ...]] = COMMON
+    #: Whether the learner needs a backbone with batch norm (CxGrad) or with conv layers.
+    requires_batchnorm: ClassVar[bool] = False
+
+    def __init__(self, *, backbone: Backbone, task: TaskDistribution, **hparams: Value) -> None:
+        self.backbone = backbone
+        self.task = task
+        self.hparams = self.validate_hparams(hparams)
+        self.check_backbone(backbone)
+        self._adapted = backbone.adapted_keys()
+
+    # ----------------------------------------------------------------- declaration
+    @classmethod
+    def declared(cls) -> dict[str, HyperParameter]:
+        return {h.name: h for h in cls.hyperparameters}
+
+    @classmethod
+    def validate_hparams(cls, values: Mapping[str, object], *, prefix: str = "") -> dict[str, Value]:
+        declared = cls.declared()
+        for key in values:
+            if key not in declared:
+                raise ConfigError(
+                    f"{prefix}{key}",
+                    f"unknown hyperparameter for learner '{cls.name}'; expected one of: {', '.join(declared)}",
+                )
+        return {
+            name: h.validate(values[name], field=f"{prefix}{name}") if name in values else h.default
+            for name, h in declared.items()
+        }
+
+    def check_backbone(self, backbone: Backbone) -> None:
+        if self.requires_batchnorm and not backbone.has_batchnorm:
+            raise ConfigError(
+                "model.name",
+                f"learner '{self.name}' needs a backbone with batch norm (e.g. conv4); "
+                f"'{backbone.name}' has none",
+            )
+
+    def __getattr__(self, key: str) -> Value:
+        hparams = self.__dict__.get("hparams")
+        if hparams is not None and key in hparams:
+            return hparams[key]
+        raise AttributeError(f"{type(self).__name__} has no attribute {key!r}")
+
+    # ----------------------------------------------------------------- meta-parameters
+    def init_meta_params(self, *, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> Params:
+        """Backbone parameters plus any the learner meta-learns (rates, T, logits, ...)."""
+        return self.backbone.init_params(generator=generator, dtype=dtype)
+
+    def sample_noise(self, num_tasks: int, *, generator: torch.Generator, meta_params: Params, steps: int) -> Noise:
+        """Random inputs of the inner loop, one row per task (default: none)."""
+        return {}
+
+    # ----------------------------------------------------------------- per task (under vmap)
+    def init_state(self, meta: Params, support_x: Tensor, support_y: Tensor, noise: Noise, *, lr_scale: float) -> State:
+        return {k: meta[k] for k in self._adapted}
+
+    @abc.abstractmethod
+    def inner_step(
+        self, meta: Params, state: State, support_x: Tensor, support_y: Tensor, noise: Noise,
+        *, step: int, lr_scale: float,
+    ) -> State:
+        """One adaptation step for one task."""
+
+    def predict(self, meta: Params, state: State, x: Tensor) -> Tensor:
+        return self.backbone.apply({**meta, **state}, x)
+
+    def task_stats(self, meta: Params, state: State, noise: Noise) -> dict[str, Tensor]:
+        """Per-task diagnostics logged after adaptation (mask fractions, context norms)."""
+        return {}
+
+    # ----------------------------------------------------------------- helpers
+    def support_grad(self, loss_fn: Callable[[Any], Tensor], params: Any) -> Any:
+        """Gradient of a per-task support loss; a constant when ``first_order`` is set."""
+        grads = grad(loss_fn)(params)
+        if self.hparams.get("first_order", False):
+            grads = torch.utils._pytree.tree_map(lambda g: g.detach(), grads)
+        return grads
+
+    def support_loss(self, meta: Params, state: State, x: Tensor, y: Tensor) -> Tensor:
+        return self.task.loss(self.predict(meta, state, x), y)
+
+    # ----------------------------------------------------------------- batched API
+    def run_task(
+        self, meta: Params, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+        noise: Noise, *, steps: int, lr_scale: float = 1.0, record: bool = False,
+    ) -> TaskOutput:
+        """Adapt to one task and score the query set: ``loss`` (and ``accuracy``) after the last
+        step, or after every step ``0..steps`` when ``record`` is set."""
+        state = self.init_state(meta, support_x, support_y, noise, lr_scale=lr_scale)
+        losses, accs = [], []
+
+        def score(state: State) -> None:
+            pred = self.predict(meta, state, query_x)
+            losses.append(self.task.loss(pred, query_y))
+            acc = self.task.accuracy(pred, query_y)
+            if acc is not None:
+                accs.append(acc)
+
+        if record:
+            score(state)
+        for step in range(steps):
+            state = self.inner_step(meta, state, support_x, support_y, noise, step=step, lr_scale=lr_scale)
+            if record:
+                score(state)
+        if not record:
+            score(state)
+        out: TaskOutput = {"loss": torch.stack(losses) if record else losses[-1]}
+        if accs:
+            out["accuracy"] = torch.stack(accs) if record else accs[-1]
+        for key, value in self.task_stats(meta, state, noise).items():
+            out[f"stats/{key}"] = value
+        return out
+
+    def batched(
+        self, meta: Params, batch: TaskBatch, noise: Noise, *, steps: int | None = None,
+        lr_scale: float = 1.0, record: bool = False,
+    ) -> TaskOutput:
+        """``run_task`` over every task of ``batch`` at once (vmap); outputs gain a task dim."""
+        steps = self.hparams["inner_steps"] if steps is None else steps
+
+        def one(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, nz: Noise) -> TaskOutput:
+            return self.run_task(meta, sx, sy, qx, qy, nz, steps=steps, lr_scale=lr_scale, record=record)
+
+        return vmap(one, randomness="error")(
+            batch.support_x, batch.support_y, batch.query_x, batch.query_y, noise
+        )
+
+    def meta_loss(self, meta: Params, batch: TaskBatch, noise: Noise) -> tuple[Tensor, TaskOutput]:
+        """Mean query loss over the batch after ``inner_steps`` steps, and per-task outputs."""
+        out = self.batched(meta, batch, noise)
+        return out["loss"].mean(), out

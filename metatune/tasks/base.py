@@ -1,0 +1,95 @@
+"""The task-distribution contract: sample a whole meta-batch as tensors."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+__all__ = ["Problem", "TaskBatch", "TaskDistribution", "Split"]
+
+Problem = Literal["regression", "classification", "binary"]
+Split = Literal["train", "val", "test"]
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """A meta-batch: every tensor has the task dimension first.
+
+    ``support_x [B, K, ...]``, ``support_y [B, K, ...]``, ``query_x [B, Q, ...]``,
+    ``query_y [B, Q, ...]``. Regression targets are float ``[B, N, 1]``; class labels are
+    int64 ``[B, N]``; binary labels are float ``[B, N]`` in {0, 1}.
+    """
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+
+    @property
+    def num_tasks(self) -> int:
+        return self.support_x.shape[0]
+
+    def to(self, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "TaskBatch":
+        def move(t: Tensor) -> Tensor:
+            if dtype is not None and t.is_floating_point():
+                t = t.to(dtype)
+            return t.to(device) if device is not None else t
+
+        return TaskBatch(*(move(getattr(self, f.name)) for f in dataclasses.fields(self)))
+
+    def __getitem__(self, index: slice) -> "TaskBatch":
+        return TaskBatch(*(getattr(self, f.name)[index] for f in dataclasses.fields(self)))
+
+
+class TaskDistribution(abc.ABC):
+    """A distribution over tasks. Subclasses are keyword-only frozen dataclasses whose fields
+    are the YAML settings; ``shots`` is the support size (per class for classification).
+
+    ``sample`` draws everything from the given generator (on the CPU), so the same generator
+    state gives the same batch on every machine.
+    """
+
+    name: ClassVar[str]
+    problem: ClassVar[Problem]
+    shots: int
+
+    @abc.abstractmethod
+    def sample(
+        self, num_tasks: int, *, generator: torch.Generator, shots: int | None = None, split: Split = "train"
+    ) -> TaskBatch:
+        """Sample ``num_tasks`` tasks; ``shots`` overrides the configured support size."""
+
+    @property
+    @abc.abstractmethod
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input example."""
+
+    @property
+    @abc.abstractmethod
+    def output_dim(self) -> int:
+        """Width of the model output (1 for regression and binary tasks, N for N-way)."""
+
+    def default_backbone(self) -> dict:
+        """The backbone section used when a config gives none."""
+        return {"name": "mlp"}
+
+    # Losses are per task (no task dimension) so learners can vmap them.
+    def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
+        if self.problem == "regression":
+            return F.mse_loss(prediction, target)
+        if self.problem == "binary":
+            return F.binary_cross_entropy_with_logits(prediction.squeeze(-1), target)
+        return F.cross_entropy(prediction, target)
+
+    def accuracy(self, prediction: Tensor, target: Tensor) -> Tensor | None:
+        if self.problem == "regression":
+            return None
+        if self.problem == "binary":
+            return ((prediction.squeeze(-1) > 0).to(target.dtype) == target).float().mean()
+        return (prediction.argmax(-1) == target).float().mean()

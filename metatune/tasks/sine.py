@@ -1,0 +1,71 @@
+"""Sine-wave regression in the two published protocols (algorithms.md §7.1).
+
+``maml``    (Finn et al., cbfinn/maml): y = A sin(x - phi), K support and K query points.
+``metasgd`` (Meta-SGD, MT-net thesis Tables 6.1/6.2, PAMELA): y = A sin(omega x - phi),
+            omega ~ U[0.8, 1.2], K support and 10 query points.
+Both: A ~ U[0.1, 5.0], phi ~ U[0, pi], x ~ U[-5, 5].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+
+from metatune._fields import positive
+from metatune.tasks.base import Problem, Split, TaskBatch, TaskDistribution
+
+__all__ = ["Sine"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sine(TaskDistribution):
+    problem: ClassVar[Problem] = "regression"
+
+    protocol: Literal["maml", "metasgd"] = "metasgd"
+    shots: int = 10
+    #: Query points per task; null means the protocol's own (K for ``maml``, 10 for ``metasgd``).
+    query: int | None = None
+    amplitude: tuple[float, float] = (0.1, 5.0)
+    phase: tuple[float, float] = (0.0, math.pi)
+    x_range: tuple[float, float] = (-5.0, 5.0)
+
+    def __post_init__(self) -> None:
+        positive(self.shots, "shots")
+        if self.query is not None:
+            positive(self.query, "query")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (1,)
+
+    @property
+    def output_dim(self) -> int:
+        return 1
+
+    def query_size(self, shots: int) -> int:
+        if self.query is not None:
+            return self.query
+        return shots if self.protocol == "maml" else 10
+
+    def sample(
+        self, num_tasks: int, *, generator: torch.Generator, shots: int | None = None, split: Split = "train"
+    ) -> TaskBatch:
+        k = self.shots if shots is None else shots
+        q = self.query_size(k)
+
+        def uniform(shape: tuple[int, ...], lo: float, hi: float) -> torch.Tensor:
+            return torch.rand(shape, generator=generator, dtype=torch.float64) * (hi - lo) + lo
+
+        amp = uniform((num_tasks, 1, 1), *self.amplitude)
+        phase = uniform((num_tasks, 1, 1), *self.phase)
+        if self.protocol == "metasgd":
+            freq = uniform((num_tasks, 1, 1), 0.8, 1.2)
+        else:
+            freq = torch.ones((num_tasks, 1, 1), dtype=torch.float64)
+        x = uniform((num_tasks, k + q, 1), *self.x_range)
+        y = amp * torch.sin(freq * x - phase)
+        x, y = x.float(), y.float()
+        return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:])
