@@ -26,6 +26,8 @@ def describe_type(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     if origin in (Union, types.UnionType):
         return " or ".join(describe_type(a) for a in get_args(tp))
+    if origin is dict:
+        return "a mapping"
     if origin in (tuple, list):
         args = get_args(tp)
         inner = describe_type(args[0]) if args else "any"
@@ -60,6 +62,10 @@ def check_value(value: Any, tp: Any, field: str) -> Any:
             except ConfigError as exc:
                 errors.append(exc)
         raise ConfigError(field, f"expected {describe_type(tp)}, got {value!r}")
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(field, f"expected a mapping, got {value!r}")
+        return dict(value)
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(field, f"expected {describe_type(tp)}, got {value!r}")

@@ -1,0 +1,109 @@
+"""The ``metatune`` command line.
+
+Every command validates its input first: a bad file or field ends with one line naming the
+file and field, exit code 2, and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from metatune.errors import CheckpointError, ConfigError
+
+__all__ = ["main"]
+
+
+def _print_eval(result) -> None:  # noqa: ANN001 - TrainResult
+    ev = result.evaluation
+    if ev is None:
+        print(f"status: {result.status} at iteration {result.diverged_at} "
+              f"(last finite loss {result.last_finite_loss})")
+        return
+    metric = "accuracy" if any(r.accuracy is not None for r in ev.by_shots.values()) else None
+    print(f"\npost-adaptation on {ev.tasks} held-out {ev.split} tasks (mean ± 95% CI):")
+    print(f"  {'K':>4}  {'steps':>5}  {'loss':>20}" + (f"  {'accuracy':>20}" if metric else ""))
+    for k, r in ev.by_shots.items():
+        line = f"  {k:>4}  {r.steps:>5}  {str(r.loss):>20}"
+        if metric and r.accuracy is not None:
+            line += f"  {str(r.accuracy):>20}"
+        print(line)
+    if len(ev.lr_scale_curve) > 1:
+        print("  loss vs inner step-size scale: " + ", ".join(f"x{s:g}: {v}" for s, v in ev.lr_scale_curve.items()))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from metatune.config import load_config
+    from metatune.trial import CHECKPOINT_FILE, Trainer, to_json
+
+    overrides = {}
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.device is not None:
+        overrides["device"] = args.device
+    components = load_config(args.config, overrides=overrides)
+    if args.iterations is not None:
+        import dataclasses
+
+        cfg = components.config
+        training = dataclasses.replace(cfg.training, iterations=args.iterations)
+        from metatune.config import parse_config
+
+        components = parse_config(dataclasses.replace(cfg, training=training).to_dict(), source=args.config)
+    cfg = components.config
+    out = Path(args.output) if args.output else Path("metatune_results") / "train" / f"{Path(args.config).stem}-seed{cfg.seed}"
+    ckpt = out / CHECKPOINT_FILE
+    if args.resume and ckpt.is_file():
+        trainer = Trainer.restore(ckpt, components)
+        print(f"resuming from {ckpt} at iteration {trainer.iteration}")
+    else:
+        trainer = Trainer(components)
+    print(f"training {cfg.learner['name']} on {cfg.task['name']} for {cfg.training.iterations} iterations "
+          f"(seed {cfg.seed}); output in {out}")
+    result = trainer.train(checkpoint_dir=out, progress=not args.no_progress)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(to_json(result.to_dict()))
+    _print_eval(result)
+    print(f"\nwall time {result.wall_time_s:.1f} s; results: {out / 'result.json'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metatune", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one learner from a config file, without Ray")
+    p.add_argument("config", help="run config YAML (what `metatune export` writes)")
+    p.add_argument("--seed", type=int, help="override the config's seed")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the config's device")
+    p.add_argument("--iterations", type=int, help="override training.iterations")
+    p.add_argument("--output", help="results folder (default metatune_results/train/<config>-seed<seed>)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in the results folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"metatune: error: {exc}", file=sys.stderr)
+        return 2
+    except CheckpointError as exc:
+        print(f"metatune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("metatune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

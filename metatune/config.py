@@ -1,0 +1,177 @@
+"""The run configuration that ``metatune train`` reads and ``metatune export`` writes.
+
+```yaml
+seed: 0
+task: {name: sine, protocol: metasgd, shots: 10}
+model: {name: mlp}                     # optional: the task's default backbone
+learner: {name: maml, inner_lr: 0.01, inner_steps: 1}
+training: {iterations: 60000, meta_batch: 4, outer_lr: 0.001}
+evaluation: {tasks: 600, shots: [5, 10, 20], inner_steps: 10}
+```
+Everything is validated here, before any training (or cluster) work starts; errors name the
+file and the dotted field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from metatune._fields import as_plain, build, positive
+from metatune.errors import ConfigError
+from metatune.learners import LEARNERS, Learner
+from metatune.models import Backbone, build_backbone
+from metatune.tasks import TaskDistribution, build_task
+
+__all__ = ["EvaluationConfig", "RunConfig", "TrainingConfig", "Components", "load_config", "read_yaml"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingConfig:
+    iterations: int = 1000
+    meta_batch: int = 4
+    #: Adam step size of the outer loop (beta; CxGrad's eta).
+    outer_lr: float = 1e-3
+    #: Clip every meta-gradient element to [-grad_clip, grad_clip] (TF miniImageNet: 10); null = off.
+    grad_clip: float | None = None
+    #: Validate on held-out tasks every this many iterations (0 = only at the end).
+    eval_every: int = 1000
+    val_tasks: int = 100
+    checkpoint_every: int = 1000
+    log_every: int = 100
+
+    def __post_init__(self) -> None:
+        positive(self.iterations, "iterations")
+        positive(self.meta_batch, "meta_batch")
+        positive(self.outer_lr, "outer_lr")
+        if self.grad_clip is not None:
+            positive(self.grad_clip, "grad_clip")
+        for name in ("eval_every", "checkpoint_every"):
+            positive(getattr(self, name), name, allow_zero=True)
+        positive(self.val_tasks, "val_tasks")
+        positive(self.log_every, "log_every")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationConfig:
+    """Post-adaptation evaluation on held-out tasks (algorithms.md §8)."""
+
+    tasks: int = 600
+    #: Support sizes to test at; null = the training K only.
+    shots: tuple[int, ...] | None = None
+    #: Inner steps at test time; null = the training steps. Losses after every step are kept.
+    inner_steps: int | None = None
+    #: Multipliers of the inner step size for the robustness curve (at the training K).
+    lr_scales: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 10.0)
+    #: Seed of the held-out task stream: every learner is scored on the same tasks.
+    seed: int = 1
+    split: Literal["train", "val", "test"] = "test"
+    #: Tasks per vmapped call (memory bound).
+    chunk: int = 100
+
+    def __post_init__(self) -> None:
+        positive(self.tasks, "tasks")
+        if self.tasks < 2:
+            raise ConfigError("tasks", "at least 2 tasks are needed for a confidence interval")
+        for i, k in enumerate(self.shots or ()):
+            positive(k, f"shots[{i}]")
+        if self.inner_steps is not None:
+            positive(self.inner_steps, "inner_steps", allow_zero=True)
+        for i, s in enumerate(self.lr_scales):
+            positive(s, f"lr_scales[{i}]")
+        positive(self.chunk, "chunk")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    seed: int = 0
+    task: dict[str, Any]
+    model: dict[str, Any] | None = None
+    learner: dict[str, Any]
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    dtype: Literal["float32", "float64"] = "float32"
+    #: Compile the meta-gradient with torch.compile (falls back to eager if that fails).
+    compile: bool = False
+    #: torch intra-op threads; null = torch's default.
+    threads: int | None = None
+    #: Cap this process's share of GPU memory (set by studies that pack trials on one GPU).
+    gpu_memory_fraction: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return as_plain(self)
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Components:
+    """The live objects a config describes."""
+
+    config: RunConfig
+    task: TaskDistribution
+    backbone: Backbone
+    learner: Learner
+
+
+def _section(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"expected a mapping with a 'name', got {value!r}")
+    return dict(value)
+
+
+def parse_config(data: Any, *, source: str | None = None) -> Components:
+    """Validate a config mapping fully and build its task, backbone and learner."""
+    try:
+        if not isinstance(data, Mapping):
+            raise ConfigError("<root>", f"expected a mapping at the top level, got {type(data).__name__}")
+        for key in ("task", "learner"):
+            if key not in data:
+                raise ConfigError(key, "missing; expected a mapping with a 'name'")
+            _section(data, key)
+        if data.get("model") is not None:
+            _section(data, "model")
+        config = build(RunConfig, data)
+        task = build_task(config.task)
+        model_section = config.model if config.model is not None else task.default_backbone()
+        backbone = build_backbone(model_section, input_shape=task.input_shape, output_dim=task.output_dim)
+        learner_section = dict(config.learner)
+        cls = LEARNERS.get(learner_section.pop("name", None), field="learner.name")
+        hparams = cls.validate_hparams(learner_section, prefix="learner.")
+        learner = cls(backbone=backbone, task=task, **hparams)
+        if config.threads is not None:
+            positive(config.threads, "threads")
+        if config.gpu_memory_fraction is not None and not 0 < config.gpu_memory_fraction <= 1:
+            raise ConfigError("gpu_memory_fraction", f"expected a value in (0, 1], got {config.gpu_memory_fraction}")
+    except ConfigError as exc:
+        raise exc.with_source(source) if source else exc
+    return Components(config=config, task=task, backbone=backbone, learner=learner)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Load a YAML file safely; a missing file or a syntax error is a ConfigError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("<file>", "file not found", source=str(path))
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError("<yaml>", f"YAML syntax error{where}: {getattr(exc, 'problem', exc)}", source=str(path)) from None
+
+
+def load_config(path: str | Path, *, overrides: Mapping[str, Any] | None = None) -> Components:
+    """Read, validate and build a run config from a YAML file."""
+    data = read_yaml(path)
+    if overrides and isinstance(data, dict):
+        data = {**data, **overrides}
+    return parse_config(data, source=str(path))

@@ -1,0 +1,143 @@
+"""The evaluation protocol: post-adaptation loss (and accuracy) on held-out tasks.
+
+Scores ``tasks`` held-out tasks (600 in every paper here) drawn from a fixed seed, so every
+learner of a study sees the same tasks, and reports mean and 95 % CI (1.96 std / sqrt(n) over
+tasks; for accuracy also the binomial CI over all query predictions that CxGrad prints,
+algorithms.md §8). Robustness curves: loss after every inner step ``0..steps`` at each K,
+and final loss vs a multiplier on the inner step size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor
+
+from metatune.learners.base import Learner
+from metatune.models.base import Params
+from metatune.tasks.base import Split
+
+__all__ = ["Summary", "ShotResult", "EvalResult", "evaluate", "summarise"]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean and 95 % CI half-width over tasks. Tasks whose loss is not finite (the inner loop
+    diverged) are counted in ``nonfinite``, and then mean and CI are ``inf``, never NaN."""
+
+    mean: float
+    ci95: float
+    n: int
+    nonfinite: int = 0
+
+    def __str__(self) -> str:
+        if self.nonfinite:
+            return f"diverged ({self.nonfinite}/{self.n} tasks)"
+        return f"{self.mean:.4g} ± {self.ci95:.2g}"
+
+
+def summarise(values: Tensor) -> Summary:
+    values = values.detach().double().flatten()
+    n = values.numel()
+    bad = int((~torch.isfinite(values)).sum())
+    if bad:
+        return Summary(math.inf, math.inf, n, bad)
+    std = values.std(unbiased=True).item() if n > 1 else 0.0
+    return Summary(values.mean().item(), 1.96 * std / math.sqrt(n), n)
+
+
+@dataclass
+class ShotResult:
+    shots: int
+    steps: int
+    #: Final-step query loss per task (kept so other statistics can be computed later).
+    task_losses: list[float]
+    loss: Summary
+    loss_by_step: list[Summary]
+    accuracy: Summary | None = None
+    accuracy_by_step: list[Summary] | None = None
+    #: Binomial 95 % CI over every query prediction (CxGrad's statistic).
+    accuracy_ci95_binomial: float | None = None
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EvalResult:
+    by_shots: dict[int, ShotResult]
+    #: Final loss vs multiplier of the inner step size, at the training K.
+    lr_scale_curve: dict[float, Summary]
+    split: str
+    tasks: int
+
+    def to_dict(self) -> dict:
+        return {
+            "split": self.split,
+            "tasks": self.tasks,
+            "by_shots": {str(k): asdict(v) for k, v in self.by_shots.items()},
+            "lr_scale_curve": {str(k): asdict(v) for k, v in self.lr_scale_curve.items()},
+        }
+
+
+def _run(
+    learner: Learner, meta: Params, *, tasks: int, shots: int, steps: int, lr_scale: float, seed: int,
+    split: Split, chunk: int, device: torch.device, dtype: torch.dtype,
+) -> dict[str, Tensor]:
+    task_gen = torch.Generator().manual_seed(seed)
+    # Noise has its own stream so the tasks are identical whatever a learner draws.
+    noise_gen = torch.Generator().manual_seed(seed + 7919)
+    outs: list[dict[str, Tensor]] = []
+    done = 0
+    with torch.no_grad():  # torch.func.grad still differentiates the inner loop
+        while done < tasks:
+            n = min(chunk, tasks - done)
+            batch = learner.task.sample(n, generator=task_gen, shots=shots, split=split).to(device=device, dtype=dtype)
+            noise = learner.sample_noise(n, generator=noise_gen, meta_params=meta, steps=steps)
+            noise = {k: v.to(device) for k, v in noise.items()}
+            out = learner.batched(meta, batch, noise, steps=steps, lr_scale=lr_scale, record=True)
+            outs.append({k: v.detach() for k, v in out.items()})
+            done += n
+    merged = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+    merged["query_size"] = torch.tensor(batch.query_y.shape[1])
+    return merged
+
+
+def evaluate(
+    learner: Learner, meta: Params, *, tasks: int = 600, shots: Sequence[int] | None = None,
+    steps: int | None = None, lr_scales: Sequence[float] = (1.0,), seed: int = 1,
+    split: Split = "test", chunk: int = 100, device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> EvalResult:
+    """Evaluate ``meta`` on ``tasks`` held-out tasks at each K in ``shots``."""
+    device = torch.device(device)
+    steps = learner.hparams["inner_steps"] if steps is None else steps
+    train_k = learner.task.shots
+    shots = list(shots) if shots else [train_k]
+    common = dict(tasks=tasks, steps=steps, seed=seed, split=split, chunk=chunk, device=device, dtype=dtype)
+    by_shots: dict[int, ShotResult] = {}
+    for k in shots:
+        out = _run(learner, meta, shots=k, lr_scale=1.0, **common)
+        losses = out["loss"]  # [tasks, steps + 1]
+        result = ShotResult(
+            shots=k, steps=steps, task_losses=losses[:, -1].tolist(), loss=summarise(losses[:, -1]),
+            loss_by_step=[summarise(losses[:, s]) for s in range(losses.shape[1])],
+        )
+        if "accuracy" in out:
+            acc = out["accuracy"]
+            result.accuracy = summarise(acc[:, -1])
+            result.accuracy_by_step = [summarise(acc[:, s]) for s in range(acc.shape[1])]
+            p = acc[:, -1].double().mean().item()
+            n_pred = acc.shape[0] * int(out["query_size"])
+            result.accuracy_ci95_binomial = 1.96 * math.sqrt(max(p * (1 - p), 0.0) / n_pred)
+        result.stats = {k[len("stats/"):]: v.double().mean().item() for k, v in out.items() if k.startswith("stats/")}
+        by_shots[k] = result
+    curve: dict[float, Summary] = {}
+    for scale in lr_scales:
+        if scale == 1.0 and train_k in by_shots:
+            curve[scale] = by_shots[train_k].loss
+            continue
+        out = _run(learner, meta, shots=train_k, lr_scale=scale, **common)
+        curve[scale] = summarise(out["loss"][:, -1])
+    return EvalResult(by_shots=by_shots, lr_scale_curve=curve, split=split, tasks=tasks)

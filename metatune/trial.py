@@ -1,0 +1,302 @@
+"""One training run: build task, backbone and learner from a config, meta-train with Adam,
+validate and checkpoint periodically, then run the evaluation protocol.
+
+Plain Python with no service imports: ``metatune train`` runs it directly, and the study
+layer wraps it in a Ray Tune trainable. A non-finite meta-loss or meta-gradient stops
+training and is recorded as ``diverged`` (iteration and last finite loss), never as a crash
+or a NaN metric.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metatune import __version__
+from metatune.config import Components, RunConfig, parse_config
+from metatune.engine import meta_gradient
+from metatune.errors import CheckpointError
+from metatune.evaluate import EvalResult, evaluate
+
+__all__ = ["CHECKPOINT_FILE", "TrainResult", "Trainer", "load_checkpoint", "to_json"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+_FORMAT = "metatune-checkpoint-1"
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class TrainResult:
+    status: str  # "completed" | "diverged"
+    iterations: int
+    config: dict[str, Any]
+    seed: int
+    wall_time_s: float
+    diverged_at: int | None = None
+    last_finite_loss: float | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    evaluation: EvalResult | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metatune_version": __version__,
+            "status": self.status,
+            "iterations": self.iterations,
+            "seed": self.seed,
+            "wall_time_s": self.wall_time_s,
+            "diverged_at": self.diverged_at,
+            "last_finite_loss": self.last_finite_loss,
+            "config": self.config,
+            "history": self.history,
+            "evaluation": self.evaluation.to_dict() if self.evaluation else None,
+        }
+
+
+def to_json(data: Any) -> str:
+    """JSON with non-finite floats written as null (strict JSON has no inf/NaN)."""
+
+    def clean(obj: Any) -> Any:
+        if isinstance(obj, float) and not math.isfinite(obj):
+            return None
+        if isinstance(obj, dict):
+            return {k: clean(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [clean(v) for v in obj]
+        return obj
+
+    return json.dumps(clean(data), indent=2, allow_nan=False)
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was requested but CUDA is not available here")
+    return torch.device(name)
+
+
+#: Called at every validation with (metrics, trainer); the study layer reports to Tune here.
+ReportFn = Callable[[dict[str, float], "Trainer"], None]
+
+
+class Trainer:
+    """Meta-trains one learner; all state (params, Adam, RNG, history) checkpoints and restores."""
+
+    def __init__(self, components: Components | RunConfig | dict[str, Any]) -> None:
+        if isinstance(components, RunConfig):
+            components = parse_config(components.to_dict())
+        elif isinstance(components, dict):
+            components = parse_config(components)
+        self.components = components
+        cfg = components.config
+        self.config = cfg
+        self.learner = components.learner
+        self.task = components.task
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = _resolve_device(cfg.device)
+        if self.device.type == "cuda" and cfg.gpu_memory_fraction:
+            torch.cuda.set_per_process_memory_fraction(cfg.gpu_memory_fraction, self.device)
+        self.dtype = _DTYPES[cfg.dtype]
+        init_gen = torch.Generator().manual_seed(cfg.seed)
+        params = self.learner.init_meta_params(generator=init_gen, dtype=self.dtype)
+        self.meta = {k: v.to(self.device).requires_grad_() for k, v in params.items()}
+        self.optimizer = torch.optim.Adam(list(self.meta.values()), lr=cfg.training.outer_lr)
+        # One stream for training tasks and inner-loop noise, seeded apart from the init.
+        self.generator = torch.Generator().manual_seed(cfg.seed + 1_000_003)
+        self.iteration = 0
+        self.status = "running"
+        self.diverged_at: int | None = None
+        self.last_finite_loss: float | None = None
+        self.history: list[dict[str, float]] = []
+        self.wall_time_s = 0.0
+        self._last_stats: dict[str, float] = {}
+        self._meta_grad = meta_gradient(self.learner, compile=cfg.compile)
+
+    # ------------------------------------------------------------------ training
+    def step(self) -> float | None:
+        """One outer step; returns the meta-loss, or None (and marks diverged) if not finite."""
+        cfg = self.config.training
+        batch = self.task.sample(cfg.meta_batch, generator=self.generator).to(device=self.device, dtype=self.dtype)
+        noise = self.learner.sample_noise(
+            cfg.meta_batch, generator=self.generator, meta_params=self.meta, steps=self.learner.hparams["inner_steps"]
+        )
+        noise = {k: v.to(self.device) for k, v in noise.items()}
+        loss, grads, out = self._meta_grad(self.meta, batch, noise)
+        value = loss.item()
+        finite = math.isfinite(value) and all(torch.isfinite(g).all() for g in grads.values())
+        if not finite:
+            self.status = "diverged"
+            self.diverged_at = self.iteration + 1
+            log.warning("meta-loss not finite at iteration %d: recorded as diverged", self.diverged_at)
+            return None
+        if cfg.grad_clip is not None:
+            for g in grads.values():
+                g.clamp_(-cfg.grad_clip, cfg.grad_clip)
+        for key, p in self.meta.items():
+            p.grad = grads[key]
+        self.optimizer.step()
+        self.iteration += 1
+        self.last_finite_loss = value
+        self._last_stats = {k: v.mean().item() for k, v in out.items() if k.startswith("stats/")}
+        return value
+
+    def validate(self) -> dict[str, float]:
+        """Post-adaptation query loss on a fixed set of validation tasks (training K and steps)."""
+        cfg, ev = self.config.training, self.config.evaluation
+        res = evaluate(
+            self.learner, self.meta, tasks=cfg.val_tasks, steps=ev.inner_steps, seed=ev.seed + 104_729,
+            split="val", chunk=ev.chunk, device=self.device, dtype=self.dtype,
+        )
+        shot = res.by_shots[self.task.shots]
+        metrics = {"val_loss": shot.loss.mean, "val_loss_ci95": shot.loss.ci95}
+        if shot.accuracy is not None:
+            metrics["val_accuracy"] = shot.accuracy.mean
+        return metrics
+
+    def train(
+        self, *, report: ReportFn | None = None, checkpoint_dir: str | Path | None = None, progress: bool = False,
+    ) -> TrainResult:
+        """Meta-train until ``training.iterations`` (continuing from a restored state) or divergence."""
+        cfg = self.config.training
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=self.learner.name, unit="it")
+        window: list[float] = []
+        start = time.perf_counter()
+        base_time = self.wall_time_s
+        try:
+            while self.iteration < cfg.iterations and self.status != "diverged":
+                loss = self.step()
+                if loss is None:
+                    break
+                window.append(loss)
+                if bar is not None:
+                    bar.update(1)
+                it = self.iteration
+                if it % cfg.log_every == 0 or it == cfg.iterations:
+                    entry = {"iteration": it, "train_loss": sum(window) / len(window), **self._last_stats}
+                    window.clear()
+                    due_eval = cfg.eval_every and (it % cfg.eval_every == 0 or it == cfg.iterations)
+                    if due_eval:
+                        entry.update(self.validate())
+                    self.history.append(entry)
+                    if bar is not None:
+                        bar.set_postfix({k: f"{v:.3g}" for k, v in entry.items() if k in ("train_loss", "val_loss")})
+                    self.wall_time_s = base_time + time.perf_counter() - start
+                    if checkpoint_dir is not None and cfg.checkpoint_every and (
+                        it % cfg.checkpoint_every == 0 or it == cfg.iterations
+                    ):
+                        self.save(Path(checkpoint_dir) / CHECKPOINT_FILE)
+                    if due_eval and report is not None:
+                        report(self.metrics(entry), self)
+        finally:
+            if bar is not None:
+                bar.close()
+        self.wall_time_s = base_time + time.perf_counter() - start
+        if self.status != "diverged":
+            self.status = "completed"
+        evaluation = None
+        if self.status == "completed":
+            ev = self.config.evaluation
+            evaluation = evaluate(
+                self.learner, self.meta, tasks=ev.tasks, shots=ev.shots, steps=ev.inner_steps,
+                lr_scales=ev.lr_scales, seed=ev.seed, split=ev.split, chunk=ev.chunk,
+                device=self.device, dtype=self.dtype,
+            )
+        return TrainResult(
+            status=self.status, iterations=self.iteration, config=self.config.to_dict(), seed=self.config.seed,
+            wall_time_s=self.wall_time_s, diverged_at=self.diverged_at, last_finite_loss=self.last_finite_loss,
+            history=list(self.history), evaluation=evaluation,
+        )
+
+    def metrics(self, entry: dict[str, float]) -> dict[str, float]:
+        """Flat, always-finite metrics for a scheduler/searcher (see the study layer)."""
+        return {k: float(v) for k, v in entry.items() if isinstance(v, (int, float)) and math.isfinite(v)} | {
+            "diverged": float(self.status == "diverged")
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": _FORMAT,
+            "config": self.config.to_dict(),
+            "iteration": self.iteration,
+            "status": self.status,
+            "diverged_at": self.diverged_at,
+            "last_finite_loss": self.last_finite_loss,
+            "wall_time_s": self.wall_time_s,
+            "meta": {k: v.detach().cpu() for k, v in self.meta.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != _FORMAT:
+            raise CheckpointError(f"not a metatune checkpoint (format {state.get('format')!r})")
+        if set(state["meta"]) != set(self.meta):
+            raise CheckpointError("checkpoint parameters do not match this learner/backbone")
+        with torch.no_grad():
+            for k, v in state["meta"].items():
+                self.meta[k].copy_(v.to(self.device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.iteration = int(state["iteration"])
+        self.status = state["status"]
+        self.diverged_at = state["diverged_at"]
+        self.last_finite_loss = state["last_finite_loss"]
+        self.wall_time_s = float(state["wall_time_s"])
+        self.history = list(state["history"])
+
+    def save(self, path: str | Path) -> Path:
+        """Write a checkpoint atomically (temp file + rename) so a kill never leaves half a file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save(self.state_dict(), buf)
+        tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+        tmp.write_bytes(buf.getvalue())
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def restore(cls, path: str | Path, components: Components | None = None) -> "Trainer":
+        """Rebuild a trainer from a checkpoint file (config taken from it unless given)."""
+        state = load_checkpoint(path)
+        trainer = cls(components if components is not None else parse_config(state["config"]))
+        try:
+            trainer.load_state_dict(state)
+        except (KeyError, TypeError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: checkpoint does not fit this run ({exc})") from None
+        return trainer
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; corrupt or truncated files raise CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for bad archives
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format") != _FORMAT:
+        raise CheckpointError(f"{path}: not a metatune checkpoint")
+    return state
+
+

@@ -1,0 +1,62 @@
+"""Independent per-task references for every learner: a plain Python loop over tasks with
+``torch.autograd.grad(create_graph=not first_order)``, written from the update rules in
+algorithms.md, sharing nothing with the vmapped implementation but the backbone's forward.
+
+A new learner registers its reference here; the contract suite fails for a learner without one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from metatune.learners import Learner
+from metatune.tasks import TaskBatch
+
+Reference = Callable[[Learner, dict[str, Tensor], TaskBatch, dict[str, Tensor], int], Tensor]
+REFERENCES: dict[str, Reference] = {}
+
+
+def reference(*names: str) -> Callable[[Reference], Reference]:
+    def deco(fn: Reference) -> Reference:
+        for n in names:
+            REFERENCES[n] = fn
+        return fn
+
+    return deco
+
+
+def _grad(loss: Tensor, tensors: list[Tensor], first_order: bool) -> tuple[Tensor, ...]:
+    return torch.autograd.grad(loss, tensors, create_graph=not first_order)
+
+
+@reference("maml", "fomaml")
+def maml_reference(learner: Learner, meta: dict, batch: TaskBatch, noise: dict, steps: int) -> Tensor:
+    hp = learner.hparams
+    keys = list(learner.backbone.adapted_keys())
+    total = 0.0
+    for i in range(batch.num_tasks):
+        fast = dict(meta)
+        for _ in range(steps):
+            loss = learner.task.loss(learner.backbone.apply(fast, batch.support_x[i]), batch.support_y[i])
+            grads = _grad(loss, [fast[k] for k in keys], hp["first_order"])
+            fast.update({k: fast[k] - hp["inner_lr"] * g for k, g in zip(keys, grads)})
+        total = total + learner.task.loss(learner.backbone.apply(fast, batch.query_x[i]), batch.query_y[i])
+    return total / batch.num_tasks
+
+
+@reference("metasgd")
+def metasgd_reference(learner: Learner, meta: dict, batch: TaskBatch, noise: dict, steps: int) -> Tensor:
+    hp = learner.hparams
+    keys = list(learner.backbone.adapted_keys())
+    total = 0.0
+    for i in range(batch.num_tasks):
+        fast = dict(meta)
+        for _ in range(steps):
+            loss = learner.task.loss(learner.backbone.apply(fast, batch.support_x[i]), batch.support_y[i])
+            grads = _grad(loss, [fast[k] for k in keys], hp["first_order"])
+            fast.update({k: fast[k] - meta["lr/" + k] * g for k, g in zip(keys, grads)})
+        total = total + learner.task.loss(learner.backbone.apply(fast, batch.query_x[i]), batch.query_y[i])
+    return total / batch.num_tasks
