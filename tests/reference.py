@@ -60,3 +60,8 @@ def metasgd_reference(learner: Learner, meta: dict, batch: TaskBatch, noise: dic
             fast.update({k: fast[k] - meta["lr/" + k] * g for k, g in zip(keys, grads)})
         total = total + learner.task.loss(learner.backbone.apply(fast, batch.query_x[i]), batch.query_y[i])
     return total / batch.num_tasks
+
+
+# References of the other learner families live beside this file and register on import.
+import reference_mtnet  # noqa: E402,F401
+import reference_extra  # noqa: E402,F401

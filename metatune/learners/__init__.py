@@ -24,3 +24,7 @@ register_learner = LEARNERS.register
 register_learner("maml")(MAML)
 register_learner("fomaml")(FOMAML)
 register_learner("metasgd")(MetaSGD)
+
+# --- MT-net family
+
+# --- Wormhole, PAMELA, CxGrad
