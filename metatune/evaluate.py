@@ -18,9 +18,9 @@ from torch import Tensor
 
 from metatune.learners.base import Learner
 from metatune.models.base import Params
-from metatune.tasks.base import Split
+from metatune.tasks.base import Split, TaskBatch, TaskDistribution
 
-__all__ = ["Summary", "ShotResult", "EvalResult", "evaluate", "summarise"]
+__all__ = ["EvalResult", "ShotResult", "Summary", "TASK_BLOCK", "evaluate", "heldout_tasks", "summarise"]
 
 
 @dataclass(frozen=True)
@@ -81,19 +81,37 @@ class EvalResult:
         }
 
 
+#: Held-out tasks are drawn in blocks, each from its own seed, so the task set does not depend
+#: on how many tasks are scored per vmapped call.
+TASK_BLOCK = 10
+
+
+def heldout_tasks(task: TaskDistribution, count: int, *, seed: int, shots: int | None = None,
+                  split: Split = "test", start: int = 0) -> TaskBatch:
+    """Tasks ``start .. start+count`` of the held-out stream of ``seed`` (the same for every learner)."""
+    parts, first, last = [], start // TASK_BLOCK, (start + count - 1) // TASK_BLOCK
+    for block in range(first, last + 1):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + block)
+        parts.append(task.sample(TASK_BLOCK, generator=gen, shots=shots, split=split))
+    whole = TaskBatch(*(torch.cat([getattr(p, f) for p in parts]) for f in
+                        ("support_x", "support_y", "query_x", "query_y")))
+    offset = start - first * TASK_BLOCK
+    return whole[offset:offset + count]
+
+
 def _run(
     learner: Learner, meta: Params, *, tasks: int, shots: int, steps: int, lr_scale: float, seed: int,
     split: Split, chunk: int, device: torch.device, dtype: torch.dtype,
 ) -> dict[str, Tensor]:
-    task_gen = torch.Generator().manual_seed(seed)
-    # Noise has its own stream so the tasks are identical whatever a learner draws.
-    noise_gen = torch.Generator().manual_seed(seed + 7919)
     outs: list[dict[str, Tensor]] = []
     done = 0
     with torch.no_grad():  # torch.func.grad still differentiates the inner loop
         while done < tasks:
             n = min(chunk, tasks - done)
-            batch = learner.task.sample(n, generator=task_gen, shots=shots, split=split).to(device=device, dtype=dtype)
+            batch = heldout_tasks(learner.task, n, seed=seed, shots=shots, split=split, start=done)
+            batch = batch.to(device=device, dtype=dtype)
+            # Noise gets its own seed per chunk start so tasks never depend on what a learner draws.
+            noise_gen = torch.Generator().manual_seed(seed * 7919 + done)
             noise = learner.sample_noise(n, generator=noise_gen, meta_params=meta, steps=steps)
             noise = {k: v.to(device) for k, v in noise.items()}
             out = learner.batched(meta, batch, noise, steps=steps, lr_scale=lr_scale, record=True)

@@ -308,7 +308,8 @@ def test_digits_image_split_is_disjoint(digit_lookup) -> None:
     assert 0.55 < len(idx["train"]) / 1797 < 0.65
     for split in ("train", "test"):
         batch = task.sample(30, generator=gen(1), split=split)
-        used = {digit_lookup[im.numpy().tobytes()][1] for im in torch.cat([batch.support_x, batch.query_x], 1).flatten(0, 1)}
+        images = torch.cat([batch.support_x, batch.query_x], 1).flatten(0, 1)
+        used = {digit_lookup[im.numpy().tobytes()][1] for im in images}
         assert used <= idx[split]
     # the split is fixed (seed 0), not drawn from the task generator
     assert torch.equal(Digits().indices("test"), task.indices("test"))
@@ -368,7 +369,7 @@ def write_images(folder: Path, n: int, rng: np.random.Generator, lookup: dict, *
 @pytest.fixture
 def flat_root(tmp_path: Path) -> tuple[Path, dict]:
     rng, lookup = np.random.default_rng(0), {}
-    for c in range(20):
+    for c in range(30):
         write_images(tmp_path / "flat" / f"class{c:02d}", 6, rng, lookup)
     return tmp_path / "flat", lookup
 
@@ -379,7 +380,7 @@ def test_image_folder_flat(flat_root) -> None:
     assert task.input_shape == (1, 8, 8) and task.output_dim == 3
     assert task.default_backbone() == {"name": "conv4", "channels": 64}
     splits = {s: set(task.classes(s)) for s in ("train", "val", "test")}
-    assert [len(splits[s]) for s in ("train", "val", "test")] == [14, 2, 4]
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [21, 3, 6]
     assert not splits["train"] & splits["test"] and not splits["val"] & (splits["train"] | splits["test"])
     batch = task.sample(4, generator=gen(0), split="test")
     assert batch.support_x.shape == (4, 3, 1, 8, 8) and batch.query_x.shape == (4, 15, 1, 8, 8)
@@ -408,7 +409,7 @@ def test_image_folder_flat(flat_root) -> None:
 def test_image_folder_resize_and_rotations(flat_root) -> None:
     root, _ = flat_root
     task = ImageFolder(root=str(root), image_size=5, ways=2, query=3, rotations=True)
-    assert task.pool("val").num_classes == 8  # 2 classes x 4 rotations
+    assert task.pool("val").num_classes == 12  # 3 classes x 4 rotations
     batch = task.sample(3, generator=gen(0), split="val")
     assert batch.support_x.shape == (3, 2, 1, 5, 5)
     assert batch.support_x.min() >= 0 and batch.support_x.max() <= 1
@@ -429,7 +430,7 @@ def test_image_folder_omniglot_depth_and_sizes(tmp_path: Path) -> None:
     for im in batch.query_x.flatten(0, 1):
         assert lookup[as_bytes(im[0])].relative_to(root).as_posix() in names["train"]
     # depth 1 on the nested layout finds "classes" without images
-    with pytest.raises(ConfigError, match=r"task.shots.*alphabet0.*0 images.*depth"):
+    with pytest.raises(ConfigError, match=r"task.shots.*alphabet\d: 0 images.*depth"):
         build_task({"name": "image_folder", "root": str(root), "ways": 2, "query": 3})
     with pytest.raises(ConfigError, match="task.split_sizes"):
         build_task({"name": "image_folder", "root": str(root), "depth": 2, "ways": 2, "query": 3,
@@ -469,8 +470,9 @@ def test_image_folder_errors(flat_root, tmp_path: Path) -> None:
         build_task({"name": "image_folder", "root": str(missing)})
     with pytest.raises(ConfigError, match="'task.root'"):
         build_task({"name": "image_folder"})
-    with pytest.raises(ConfigError, match=r"'task.ways'.*val split has 2 classes"):
-        build_task({"name": "image_folder", "root": str(root), "ways": 3, "query": 3, "split": [0.8, 0.1, 0.1]})
+    with pytest.raises(ConfigError, match=r"'task.ways'.*val split has 3 classes"):
+        build_task({"name": "image_folder", "root": str(root), "ways": 4, "query": 3,
+                    "split": [0.8, 0.1, 0.1]})
     with pytest.raises(ConfigError, match=r"'task.shots'.*class\d\d: 6 images"):
         build_task({"name": "image_folder", "root": str(root), "ways": 2, "shots": 5, "query": 5})
     with pytest.raises(ConfigError, match="'task.split'"):
@@ -478,10 +480,10 @@ def test_image_folder_errors(flat_root, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="'task.depth'"):
         build_task({"name": "image_folder", "root": str(root), "depth": 3})
     # an unreadable image is reported with its path when the split is loaded
-    bad = next(root.glob("*/000.png"))
+    task = ImageFolder(root=str(root), ways=2, query=3, image_size=8)
+    bad = root / task.classes("test")[0] / "000.png"
     bad.write_bytes(b"not a png")
-    task = ImageFolder(root=str(root), ways=2, query=3, image_size=8, split=(0.0, 0.0, 1.0))
-    with pytest.raises(ConfigError, match="000.png: cannot read the image"):
+    with pytest.raises(ConfigError, match=rf"{task.classes('test')[0]}/000.png: cannot read the image"):
         task.sample(1, generator=gen(0), split="test")
 
 
@@ -543,7 +545,8 @@ def test_mnist_loads_idx(tmp_path: Path, gz: bool) -> None:
     part, val_rows = task.indices("val")
     assert part == "train" and len(val_rows) == 20  # 10 % of each digit's 20 images
     assert set(val_rows.tolist()).isdisjoint(task.indices("train")[1].tolist())
-    assert_same(task.sample(3, generator=gen(4)), MNIST(root=str(tmp_path / "mnist"), query=1).sample(3, generator=gen(4)))
+    fresh = MNIST(root=str(tmp_path / "mnist"), query=1)
+    assert_same(task.sample(3, generator=gen(4)), fresh.sample(3, generator=gen(4)))
 
 
 def test_mnist_corrupt_files(tmp_path: Path) -> None:

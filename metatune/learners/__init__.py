@@ -11,11 +11,17 @@ from metatune.learners.base import Learner, Noise, State, TaskOutput
 from metatune.learners.hparams import COMMON, FIRST_ORDER, INNER_LR, INNER_STEPS, HyperParameter
 from metatune.learners.maml import FOMAML, MAML
 from metatune.learners.metasgd import MetaSGD
+from metatune.learners.cxgrad import CxGrad
+from metatune.learners.pamela import PAMELA
+from metatune.learners.wormhole import Wormhole
+from metatune.learners.mtnet import MNet, MNetFull, MTNet, MTNetFull, TNet
 from metatune.registry import Registry
 
 __all__ = [
     "COMMON", "FIRST_ORDER", "FOMAML", "INNER_LR", "INNER_STEPS", "LEARNERS", "MAML",
     "HyperParameter", "Learner", "MetaSGD", "Noise", "State", "TaskOutput", "register_learner",
+    "MNet", "MNetFull", "MTNet", "MTNetFull", "TNet",
+    "CxGrad", "PAMELA", "Wormhole",
 ]
 
 LEARNERS: Registry[Learner] = Registry("learner")
@@ -26,5 +32,13 @@ register_learner("fomaml")(FOMAML)
 register_learner("metasgd")(MetaSGD)
 
 # --- MT-net family
+register_learner("tnet")(TNet)
+register_learner("mnet")(MNet)
+register_learner("mtnet")(MTNet)
+register_learner("mnet_full")(MNetFull)
+register_learner("mtnet_full")(MTNetFull)
 
 # --- Wormhole, PAMELA, CxGrad
+register_learner("wormhole")(Wormhole)
+register_learner("pamela")(PAMELA)
+register_learner("cxgrad")(CxGrad)

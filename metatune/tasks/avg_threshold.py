@@ -59,7 +59,7 @@ class AvgThreshold(TaskDistribution):
         lo, hi = self.threshold
         tau = torch.rand((num_tasks, 1), generator=generator, dtype=torch.float64) * (hi - lo) + lo
         sign = torch.randint(2, (num_tasks, 1), generator=generator).to(torch.float64) * 2 - 1
-        x = torch.rand((num_tasks, k + q, self.dim), generator=generator, dtype=torch.float64)
-        y = (sign * x.mean(-1) > sign * tau).to(torch.float32)
-        x = x.float()
+        x = torch.rand((num_tasks, k + q, self.dim), generator=generator, dtype=torch.float32)
+        # Labels from the float32 inputs the model sees (mean taken in float64).
+        y = (sign * x.to(torch.float64).mean(-1) > sign * tau).to(torch.float32)
         return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:])

@@ -74,7 +74,8 @@ class Digits(EpisodicTask):
         positive(self.query, "query")
         split_fractions(self.image_split, "image_split")
         if len(self.class_split) != 3:
-            raise ConfigError("class_split", f"expected three class lists [train, val, test], got {self.class_split!r}")
+            raise ConfigError("class_split",
+                              f"expected three class lists [train, val, test], got {self.class_split!r}")
         seen: dict[int, str] = {}
         for name, classes in zip(SPLITS, self.class_split):
             if not classes:
@@ -83,21 +84,23 @@ class Digits(EpisodicTask):
                 if not 0 <= c < NUM_CLASSES:
                     raise ConfigError("class_split", f"digit classes are 0-9, got {c!r} in the {name} split")
                 if c in seen:
-                    raise ConfigError("class_split", f"class {c} is in both the {seen[c]} and the {name} split")
+                    raise ConfigError("class_split",
+                                      f"class {c} is in both the {seen[c]} and the {name} split")
                 seen[c] = name
         if self.split_by == "classes":
             for name, classes in zip(SPLITS, self.class_split):
                 if self.ways > len(classes):
                     raise ConfigError(
-                        "ways", f"{self.ways}-way tasks need {self.ways} classes, but with split_by: classes the "
-                        f"{name} split has {len(classes)} ({list(classes)}); lower ways or use split_by: images")
+                        "ways", f"{self.ways}-way tasks need {self.ways} classes, but with split_by: classes "
+                        f"the {name} split has {len(classes)} ({list(classes)}); lower ways or use "
+                        "split_by: images")
         elif self.ways > NUM_CLASSES:
             raise ConfigError("ways", f"the digits have {NUM_CLASSES} classes, fewer than ways = {self.ways}")
         need = self.shots + self.query
         have = min(self._pool_sizes())
         if need > have:
-            raise ConfigError("query", f"shots + query = {need} images per class are needed, but a class of some "
-                              f"split has only {have}")
+            raise ConfigError("query", f"shots + query = {need} images per class are needed, but a class of "
+                              f"some split has only {have}")
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -98,7 +98,8 @@ class ClassPool:
     def sample(self, num_tasks: int, *, ways: int, shots: int, query: int, generator: torch.Generator,
                random_labels: bool = True) -> TaskBatch:
         if ways > self.num_classes:
-            raise ConfigError("ways", f"{ways}-way tasks need {ways} classes; this split has {self.num_classes}")
+            raise ConfigError("ways",
+                              f"{ways}-way tasks need {ways} classes; this split has {self.num_classes}")
         n = shots + query
         if n > self.min_count:
             raise ConfigError(

@@ -41,7 +41,8 @@ from metatune.tasks.episodes import SPLITS, ClassPool, EpisodicTask
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "load_image"]
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"})
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"})
 
 
 def load_image(path: str | Path, *, size: int, grayscale: bool) -> torch.Tensor:
@@ -53,7 +54,7 @@ def load_image(path: str | Path, *, size: int, grayscale: bool) -> torch.Tensor:
             img = img.convert("L" if grayscale else "RGB")
             if img.size != (size, size):
                 img = img.resize((size, size), Image.Resampling.LANCZOS)
-            arr = np.asarray(img, dtype=np.uint8)
+            arr = np.array(img, dtype=np.uint8)  # a writable copy
     except (OSError, ValueError) as exc:
         raise ConfigError("root", f"{path}: cannot read the image ({exc})") from None
     if arr.ndim == 2:
@@ -108,11 +109,13 @@ class ImageFolder(EpisodicTask):
         positive(self.query, "query")
         positive(self.image_size, "image_size")
         if self.depth not in (1, 2):
-            raise ConfigError("depth", f"expected 1 (root/<class>/) or 2 (root/<alphabet>/<character>/), got {self.depth}")
+            raise ConfigError(
+                "depth", f"expected 1 (root/<class>/) or 2 (root/<alphabet>/<character>/), got {self.depth}")
         split_fractions(self.split, "split")
         if self.split_sizes is not None:
             if len(self.split_sizes) != 3 or any(n < 0 for n in self.split_sizes):
-                raise ConfigError("split_sizes", f"expected three class counts [train, val, test], got {self.split_sizes!r}")
+                raise ConfigError("split_sizes",
+                                  f"expected three class counts [train, val, test], got {self.split_sizes!r}")
         self.__dict__["_classes"] = self._scan()
 
     # -- layout ---------------------------------------------------------------------------
@@ -126,8 +129,8 @@ class ImageFolder(EpisodicTask):
                 candidates = [root / name] + ([root / "validation"] if name == "val" else [])
                 folder = next((c for c in candidates if c.is_dir()), None)
                 if folder is None:
-                    raise ConfigError("root", f"{candidates[0]}: no such directory (layout: split_dirs expects "
-                                      f"{root}/train, {root}/val and {root}/test)")
+                    raise ConfigError("root", f"{candidates[0]}: no such directory (layout: split_dirs "
+                                      f"expects {root}/train, {root}/val and {root}/test)")
                 found[name] = _class_dirs(folder, self.depth)
         else:
             dirs = _class_dirs(root, self.depth)

@@ -69,14 +69,15 @@ def read_idx(path: str | Path, *, field: str = "root") -> np.ndarray:
         raise ConfigError(field, f"{path}: not an IDX file (magic number 0x{raw[:4].hex()})")
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ConfigError(field, f"{path}: truncated IDX file (header needs {header} bytes, file has {len(raw)})")
+        raise ConfigError(field,
+                          f"{path}: truncated IDX file (header needs {header} bytes, file has {len(raw)})")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(_IDX_DTYPES[code])
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     found = len(raw) - header
     if found < expected:
-        raise ConfigError(field, f"{path}: truncated IDX file (shape {list(shape)} needs {expected} data bytes, "
-                          f"found {found})")
+        raise ConfigError(field, f"{path}: truncated IDX file (shape {list(shape)} needs {expected} data "
+                          f"bytes, found {found})")
     if found > expected:
         raise ConfigError(field, f"{path}: corrupt IDX file ({found - expected} bytes after the data of "
                           f"shape {list(shape)})")
@@ -100,8 +101,8 @@ def _load(root: Path) -> dict[str, np.ndarray]:
     for part in ("train", "test"):
         images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
         if images.ndim != 3:
-            raise ConfigError("root", f"{paths[f'{part}_images']}: expected images [N, rows, cols], got shape "
-                              f"{list(images.shape)}")
+            raise ConfigError("root", f"{paths[f'{part}_images']}: expected images [N, rows, cols], got "
+                              f"shape {list(images.shape)}")
         if labels.ndim != 1 or len(labels) != len(images):
             raise ConfigError("root", f"{paths[f'{part}_labels']}: {len(labels)} labels for "
                               f"{len(images)} images in {paths[f'{part}_images'].name}")
@@ -137,7 +138,8 @@ class MNIST(EpisodicTask):
         positive(self.shots, "shots")
         positive(self.query, "query")
         if not 0 < self.val_fraction < 1:
-            raise ConfigError("val_fraction", f"expected a fraction between 0 and 1, got {self.val_fraction!r}")
+            raise ConfigError("val_fraction",
+                              f"expected a fraction between 0 and 1, got {self.val_fraction!r}")
         root = Path(self.root).expanduser()
         if not root.is_dir():
             raise ConfigError("root", f"{root}: no such directory")
@@ -151,8 +153,8 @@ class MNIST(EpisodicTask):
                                   f"ways = {self.ways}")
             smallest = int(counts[counts > 0].min())
             if smallest < self.shots + self.query:
-                raise ConfigError("query", f"{root}: a digit of the {name} split has {smallest} images, fewer "
-                                  f"than shots + query = {self.shots} + {self.query}")
+                raise ConfigError("query", f"{root}: a digit of the {name} split has {smallest} images, "
+                                  f"fewer than shots + query = {self.shots} + {self.query}")
 
     def _split_rows(self, arrays: dict[str, np.ndarray], split: Split) -> tuple[str, torch.Tensor]:
         """Which files and which rows of them make up a split."""

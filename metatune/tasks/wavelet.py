@@ -113,7 +113,8 @@ class Wavelet(TaskDistribution):
         q = self.query
         f = self.sample_filters(num_tasks, generator=generator)
         lo, hi = self.x_range
-        x = torch.rand((num_tasks, k + q, self.dim), generator=generator, dtype=torch.float32) * (hi - lo) + lo
+        x = torch.rand((num_tasks, k + q, self.dim), generator=generator, dtype=torch.float32)
+        x = x * (hi - lo) + lo
         # y from the float32 inputs the model sees, so y = x . f holds for them exactly (in float64).
         y = torch.einsum("bnd,bd->bn", x.to(torch.float64), f).unsqueeze(-1).float()
         return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:])

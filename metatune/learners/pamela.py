@@ -1,0 +1,162 @@
+"""PAMELA (Rajasegaran et al., "Meta-learning the learning trends shared across tasks";
+algorithms.md §5).
+
+Meta-parameters besides theta: one preconditioner Q_j per inner step j = 0..n-1, and skip
+coefficients P_s, one scalar per cell, at the indices s = t - w of the skip connections.
+
+Q granularity [inferred from PAMELA Table 1, §5.1]: one value per conv *output filter* (the
+conv bias shares its filter's value), one per FC weight element and one per FC bias element.
+Q_j starts at ``inner_lr``; P starts at ``skip_init`` (0: PAMELA starts as multi-step Meta-SGD
+with a per-step rate). P is not constrained to [0, 1] (the paper does not say so).
+
+Inner rule, 1-indexed reading of eq. 5 (§5.2), for t = 1..n::
+
+    theta~_t = theta_{t-1} - Q_{t-1} o grad L_support(theta_{t-1})
+    theta_t  = (1 - P_{t-w}) o theta~_t + P_{t-w} o theta_{t-w}     if t mod w == 0
+    theta_t  = theta~_t                                              otherwise
+
+so with n = 5, w = 2 the skips are after updates 2 (mixing theta_0, P_0) and 4 (theta_2, P_2):
+:func:`skip_indices`. The meta-gradient flows through the skips (second order unless
+``first_order``; Q and P get meta-gradients either way).
+
+More steps than trained (e.g. an evaluation with ``inner_steps`` > n): Q exists only for
+j < n. ``pamela_extra_steps: reuse_last`` (default) reuses Q_{n-1} for every later step and
+adds no skip whose P was never trained (t - w > the last trained index); ``error`` raises a
+ValueError instead. ``lr_scale`` (robustness curve) multiplies Q.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from metatune.learners.base import Learner, Noise, State
+from metatune.learners.hparams import COMMON, HyperParameter
+from metatune.models.base import Cell, Params
+
+__all__ = ["PAMELA", "skip_indices"]
+
+log = logging.getLogger(__name__)
+
+
+def skip_indices(n: int, w: int) -> list[tuple[int, int]]:
+    """The skip connections of an n-step inner loop with skip width w, as (t, t - w): after
+    update t (1-indexed) theta_t mixes in theta_{t-w} with coefficient P_{t-w}."""
+    if n < 0 or w < 1:
+        raise ValueError(f"need n >= 0 and w >= 1, got n={n}, w={w}")
+    return [(t, t - w) for t in range(w, n + 1, w)]
+
+
+def q_key(step: int, cell: Cell, key: str) -> str:
+    """Meta-parameter key of Q_step for adapted key ``key`` of ``cell`` (conv bias and weight
+    share one key: the per-filter Q)."""
+    if cell.kind == "conv":
+        return f"pamela/q{step}/{cell.name}"
+    return f"pamela/q{step}/{key}"
+
+
+def p_key(index: int, cell: Cell) -> str:
+    return f"pamela/p{index}/{cell.name}"
+
+
+class PAMELA(Learner):
+    """Per-step preconditioners Q_j and per-cell skip coefficients P, both meta-learned."""
+
+    hyperparameters: ClassVar[tuple[HyperParameter, ...]] = (
+        *COMMON,
+        HyperParameter(
+            "skip_width", "int", 2, symbol="w", low=1, high=100, search=(1, 4),
+            help="a skip connection every w inner updates, from theta_{t-w} (paper: 2; search [1, n-1])",
+        ),
+        HyperParameter(
+            "skip_init", "float", 0.0, symbol="P init", search=(0.0, 0.1),
+            help="initial value of every skip coefficient P (0 = per-step Meta-SGD at the start)",
+        ),
+        HyperParameter(
+            "pamela_extra_steps", "categorical", "reuse_last", choices=("reuse_last", "error"),
+            help="steps beyond the trained n: reuse Q_{n-1} (no untrained skips), or raise",
+        ),
+    )
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._cells = self.backbone.cells
+        self._warned = False
+
+    @property
+    def num_q(self) -> int:
+        return self.hparams["inner_steps"]
+
+    def skips(self) -> list[tuple[int, int]]:
+        return skip_indices(self.hparams["inner_steps"], self.hparams["skip_width"])
+
+    def init_meta_params(self, *, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> Params:
+        params = super().init_meta_params(generator=generator, dtype=dtype)
+        lr = self.hparams["inner_lr"]
+        for j in range(self.num_q):
+            for cell in self._cells:
+                if cell.kind == "conv":
+                    params[q_key(j, cell, "")] = torch.full((cell.out_features,), lr, dtype=dtype)
+                else:
+                    for key in cell.keys:
+                        params[q_key(j, cell, key)] = torch.full(params[key].shape, lr, dtype=dtype)
+        for _, s in self.skips():
+            for cell in self._cells:
+                params[p_key(s, cell)] = torch.full((), self.hparams["skip_init"], dtype=dtype)
+        return params
+
+    def _q(self, meta: Params, j: int, cell: Cell, key: str, param: Tensor) -> Tensor:
+        q = meta[q_key(j, cell, key)]
+        if cell.kind == "conv":
+            q = q.reshape((-1,) + (1,) * (param.dim() - 1))
+        return q
+
+    # ----------------------------------------------------------------- per task
+    def _loss(self, meta: Params, weights: Params, x: Tensor, y: Tensor) -> Tensor:
+        return self.task.loss(self.backbone.apply({**meta, **weights}, x), y)
+
+    def init_state(self, meta: Params, support_x: Tensor, support_y: Tensor, noise: Noise, *, lr_scale: float) -> State:
+        theta = {k: meta[k] for k in self._adapted}
+        # "anchor" = theta_{t-w} for the next skip: theta at the last multiple of w.
+        return {"w": theta, "anchor": theta}
+
+    def inner_step(
+        self, meta: Params, state: State, support_x: Tensor, support_y: Tensor, noise: Noise,
+        *, step: int, lr_scale: float,
+    ) -> State:
+        n, width = self.num_q, self.hparams["skip_width"]
+        j = step
+        if j >= n:
+            if self.hparams["pamela_extra_steps"] == "error":
+                raise ValueError(
+                    f"PAMELA was meta-trained with inner_steps = {n} (Q_0..Q_{n - 1}); step {j + 1} has no "
+                    "preconditioner. Evaluate with at most that many steps or set pamela_extra_steps: reuse_last")
+            if not self._warned:
+                log.warning("PAMELA: %d-step loop trained, running more steps; reusing Q_%d", n, n - 1)
+                self._warned = True
+            j = n - 1
+        weights = state["w"]
+        grads = self.support_grad(lambda w: self._loss(meta, w, support_x, support_y), weights)
+        new = {}
+        for cell in self._cells:
+            for key in cell.keys:
+                new[key] = weights[key] - lr_scale * self._q(meta, j, cell, key, weights[key]) * grads[key]
+        t = step + 1
+        anchor = state["anchor"]
+        if t % width == 0:
+            pk = p_key(t - width, self._cells[0])
+            if pk in meta:
+                mixed = {}
+                for cell in self._cells:
+                    p = meta[p_key(t - width, cell)]
+                    for key in cell.keys:
+                        mixed[key] = (1 - p) * new[key] + p * anchor[key]
+                new = mixed
+            anchor = new
+        return {"w": new, "anchor": anchor}
+
+    def predict(self, meta: Params, state: State, x: Tensor) -> Tensor:
+        return self.backbone.apply({**meta, **state["w"]}, x)

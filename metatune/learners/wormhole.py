@@ -1,0 +1,167 @@
+"""Wormhole MAML (Chang, Gao, Lou; algorithms.md §4).
+
+Per task: a task-specific multiplier C (not meta-learned, re-initialised for every task) is
+first fitted by ``wormhole_c_steps`` gradient steps on the support loss of C o theta (step size
+``wormhole_c_lr``, the paper's gamma), then phi = C o theta is adapted by ``inner_steps``
+ordinary MAML steps (``inner_lr``, alpha). Only theta is meta-learned.
+
+C parameterisations (``wormhole_c_form``, paper eqs. 3-6):
+
+- ``scalar``      C = c, one number for every selected parameter;
+- ``tanh``        C = tanh(t), one number; the steps act on t (Wormhole 1 in Table 1);
+- ``diag_layer``  one c per selected cell (its weight and bias share it);
+- ``diag_weight`` one c per selected parameter element (Wormhole d in Table 1).
+
+``wormhole_layers``: ``all`` cells, or ``last`` = only the last linear cell (the MNIST
+experiment). C multiplies a cell's weight *and* bias (the Avg-Threshold analysis writes
+y = sigma(c W^T x) with the bias folded into W) [inferred].
+
+Choices where the paper is silent [inferred, algorithms.md §4.1-4.2]: C-steps run before the
+w-steps (so they happen in :meth:`init_state`, and "0 steps" in an evaluation curve means
+"after the C-steps"); gradient *descent* with alpha (Alg. 1 line 8 has a sign typo); the
+meta-gradient flows through the C-steps (second order) unless ``wormhole_c_first_order``;
+c_0 = ``wormhole_c_init`` (1.0) for scalar/diag forms and tanh(t_0) = ``wormhole_tanh_init``
+(0.9, i.e. t_0 = atanh(0.9) ~ 1.47) for the tanh form. ``lr_scale`` (evaluation robustness
+curve) multiplies alpha only, not the C step size.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from metatune.errors import ConfigError
+from metatune.learners.base import Learner, Noise, State
+from metatune.learners.hparams import COMMON, HyperParameter
+from metatune.models.base import Backbone, Cell, Params
+from metatune.tasks.base import TaskDistribution
+
+__all__ = ["C_FORMS", "Wormhole"]
+
+C_FORMS = ("scalar", "tanh", "diag_layer", "diag_weight")
+
+
+class Wormhole(Learner):
+    """phi_i = C_i o theta, C_i fitted on the support set first, then MAML steps on phi_i."""
+
+    hyperparameters: ClassVar[tuple[HyperParameter, ...]] = (
+        *COMMON,
+        HyperParameter(
+            "wormhole_c_form", "categorical", "tanh", symbol="C_i", choices=C_FORMS,
+            help="parameterisation of the task multiplier: c, tanh(t), one per cell, one per parameter element",
+        ),
+        HyperParameter(
+            "wormhole_layers", "categorical", "all", choices=("all", "last"),
+            help="cells C multiplies: every cell, or only the last linear cell (MNIST experiment)",
+        ),
+        HyperParameter(
+            "wormhole_c_steps", "int", 5, symbol="S_C", low=0, high=100, search=(1, 10),
+            help="gradient steps on C before the w-steps (paper's Wavelet set-up: 5)",
+        ),
+        HyperParameter(
+            "wormhole_c_lr", "float", 1.0, symbol="gamma", low=0.0, low_open=True, log=True, search=(1e-2, 10.0),
+            help="step size of the C-steps",
+        ),
+        HyperParameter(
+            "wormhole_c_init", "float", 1.0, symbol="c_0", search=(0.5, 1.5),
+            help="initial C of the scalar / diag_layer / diag_weight forms",
+        ),
+        HyperParameter(
+            "wormhole_tanh_init", "float", 0.9, symbol="tanh(t_0)", low=0.0, low_open=True, high=0.999,
+            search=(0.5, 0.99), help="initial C = tanh(t_0) of the tanh form (t_0 = atanh of this)",
+        ),
+        HyperParameter(
+            "wormhole_c_first_order", "bool", False,
+            help="treat the C-step gradients as constants (no meta-gradient through the C-steps)",
+        ),
+    )
+
+    def __init__(self, *, backbone: Backbone, task: TaskDistribution, **hparams) -> None:
+        super().__init__(backbone=backbone, task=task, **hparams)
+        cells = backbone.cells
+        if self.hparams["wormhole_layers"] == "last":
+            linear = [c for c in cells if c.kind == "linear"]
+            if not linear:
+                raise ConfigError("learner.wormhole_layers", f"'last' needs a linear cell; '{backbone.name}' has none")
+            cells = (linear[-1],)
+        self.c_cells: tuple[Cell, ...] = tuple(cells)
+        self.c_keys: tuple[str, ...] = tuple(k for c in self.c_cells for k in c.keys)
+        self._cell_of = {k: i for i, c in enumerate(self.c_cells) for k in c.keys}
+
+    # ----------------------------------------------------------------- C
+    def c_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the raw task parameters (c, or t for tanh), keyed as in the state."""
+        form = self.hparams["wormhole_c_form"]
+        if form in ("scalar", "tanh"):
+            return {"c": (1,)}
+        if form == "diag_layer":
+            return {"c": (len(self.c_cells),)}
+        shapes = {}
+        for cell in self.c_cells:
+            shapes[f"{cell.name}.weight"] = cell.weight_shape
+            if cell.bias:
+                shapes[f"{cell.name}.bias"] = (cell.out_features,)
+        return shapes
+
+    def init_c(self, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> dict[str, Tensor]:
+        """The raw task parameters at their initial value (t_0 for tanh, c_0 otherwise)."""
+        if self.hparams["wormhole_c_form"] == "tanh":
+            value = math.atanh(self.hparams["wormhole_tanh_init"])
+        else:
+            value = self.hparams["wormhole_c_init"]
+        return {k: torch.full(s, value, dtype=dtype, device=device) for k, s in self.c_shapes().items()}
+
+    def c_values(self, raw: dict[str, Tensor]) -> dict[str, Tensor]:
+        """C itself from the raw task parameters (tanh applied for the tanh form)."""
+        if self.hparams["wormhole_c_form"] == "tanh":
+            return {k: torch.tanh(v) for k, v in raw.items()}
+        return raw
+
+    def apply_c(self, theta: Params, raw: dict[str, Tensor]) -> Params:
+        """C o theta: the selected cells' weights and biases multiplied by C; others unchanged."""
+        form = self.hparams["wormhole_c_form"]
+        c = self.c_values(raw)
+        out = dict(theta)
+        for key in self.c_keys:
+            if form in ("scalar", "tanh"):
+                mult = c["c"]
+            elif form == "diag_layer":
+                mult = c["c"][self._cell_of[key]]
+            else:
+                mult = c[key]
+            out[key] = mult * theta[key]
+        return out
+
+    # ----------------------------------------------------------------- per task
+    def _loss(self, meta: Params, weights: Params, x: Tensor, y: Tensor) -> Tensor:
+        return self.task.loss(self.backbone.apply({**meta, **weights}, x), y)
+
+    def init_state(self, meta: Params, support_x: Tensor, support_y: Tensor, noise: Noise, *, lr_scale: float) -> State:
+        theta = {k: meta[k] for k in self._adapted}
+        ref = theta[self._adapted[0]]
+        raw = self.init_c(dtype=ref.dtype, device=ref.device)
+        lr = self.hparams["wormhole_c_lr"]
+        for _ in range(self.hparams["wormhole_c_steps"]):
+            g = self.support_grad(lambda r: self._loss(meta, self.apply_c(theta, r), support_x, support_y), raw)
+            if self.hparams["wormhole_c_first_order"]:
+                g = {k: v.detach() for k, v in g.items()}
+            raw = {k: raw[k] - lr * g[k] for k in raw}
+        return {"w": self.apply_c(theta, raw), "c": raw}
+
+    def inner_step(
+        self, meta: Params, state: State, support_x: Tensor, support_y: Tensor, noise: Noise,
+        *, step: int, lr_scale: float,
+    ) -> State:
+        grads = self.support_grad(lambda w: self._loss(meta, w, support_x, support_y), state["w"])
+        lr = self.hparams["inner_lr"] * lr_scale
+        return {"w": {k: v - lr * grads[k] for k, v in state["w"].items()}, "c": state["c"]}
+
+    def predict(self, meta: Params, state: State, x: Tensor) -> Tensor:
+        return self.backbone.apply({**meta, **state["w"]}, x)
+
+    def task_stats(self, meta: Params, state: State, noise: Noise) -> dict[str, Tensor]:
+        c = torch.cat([v.reshape(-1) for v in self.c_values(state["c"]).values()])
+        return {"c_mean": c.mean(), "c_abs_mean": c.abs().mean()}

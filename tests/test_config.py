@@ -1,0 +1,110 @@
+"""Bad configs end with one clear message naming the file and the field, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from metatune.cli import main
+from metatune.config import parse_config
+from metatune.errors import ConfigError
+
+GOOD = {
+    "task": {"name": "sine"},
+    "learner": {"name": "maml", "inner_lr": 0.01},
+    "training": {"iterations": 2, "meta_batch": 2},
+}
+
+
+def with_(path: tuple[str, ...], value, base=GOOD):
+    data = yaml.safe_load(yaml.safe_dump(base))
+    node = data
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    if value is KeyError:
+        node.pop(path[-1])
+    else:
+        node[path[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    "path, value, field, words",
+    [
+        (("learner", "name"), "reptile", "learner.name", "unknown learner 'reptile'"),
+        (("task", "name"), "cifar", "task.name", "unknown task 'cifar'"),
+        (("learner", "inner_lr"), -0.1, "learner.inner_lr", "expected a value > 0"),
+        (("learner", "inner_lr"), "fast", "learner.inner_lr", "expected a number"),
+        (("training", "outer_lr"), -1e-3, "training.outer_lr", "positive"),
+        (("training", "meta_batch"), 2.5, "training.meta_batch", "integer"),
+        (("learner", "inner_steps"), 0, "learner.inner_steps", ">= 1"),
+        (("learner", "first_order"), "False", "learner.first_order", "true or false"),
+        (("learner", "momentum"), 0.9, "learner.momentum", "unknown hyperparameter"),
+        (("training", "epochs"), 3, "training.epochs", "unknown field"),
+        (("task", "protocol"), "finn", "task.protocol", "one of 'maml', 'metasgd'"),
+        (("task",), KeyError, "task", "missing"),
+        (("learner",), KeyError, "learner", "missing"),
+        (("model",), {"name": "resnet"}, "model.name", "unknown backbone"),
+        (("evaluation", "tasks"), 1, "evaluation.tasks", "at least 2"),
+        (("dtype",), "float16", "dtype", "one of"),
+    ],
+)
+def test_bad_field_is_named(path, value, field, words):
+    with pytest.raises(ConfigError) as info:
+        parse_config(with_(path, value), source="cfg.yaml")
+    assert info.value.field == field
+    msg = str(info.value)
+    assert msg.startswith(f"cfg.yaml: field '{field}'")
+    assert words in msg
+
+
+def test_good_config_builds():
+    comp = parse_config(GOOD)
+    assert comp.learner.hparams["inner_lr"] == 0.01
+    assert comp.backbone.name == "mlp"
+    assert comp.config.training.iterations == 2
+
+
+def test_numeric_strings_from_yaml_are_numbers():
+    # YAML 1.1 reads 1e-3 (no dot) as a string; users expect a number.
+    comp = parse_config(yaml.safe_load("task: {name: sine}\nlearner: {name: maml, inner_lr: 1e-3}\ntraining: {outer_lr: 1e-3}\n"))
+    assert comp.learner.hparams["inner_lr"] == 1e-3 and comp.config.training.outer_lr == 1e-3
+
+
+def _cli(tmp_path, text: str, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    code = main(["train", str(path), "--no-progress", "--output", str(tmp_path / "out")])
+    return code, capsys.readouterr().err, path
+
+
+def test_cli_bad_value_exit_2_one_line(tmp_path, capsys):
+    code, err, path = _cli(tmp_path, yaml.safe_dump(with_(("learner", "inner_lr"), -1)), capsys)
+    assert code == 2
+    assert err.strip().count("\n") == 0
+    assert str(path) in err and "learner.inner_lr" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_yaml_syntax_error(tmp_path, capsys):
+    code, err, path = _cli(tmp_path, "task: {name: sine\nlearner: [", capsys)
+    assert code == 2 and "YAML syntax error" in err and str(path) in err
+
+
+def test_cli_missing_file(tmp_path, capsys):
+    code = main(["train", str(tmp_path / "nope.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2 and "file not found" in err
+
+
+def test_cli_subprocess_no_traceback(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(with_(("learner", "name"), "reptile")))
+    proc = subprocess.run([sys.executable, "-m", "metatune.cli", "train", str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "learner.name" in proc.stderr and "maml" in proc.stderr
