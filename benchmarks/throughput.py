@@ -19,7 +19,7 @@ front (a pool of 8, cycled), so task sampling is not timed. Before timing, each 
 gradient on the first batch is compared with the loop's (column "grad err": max relative error).
 
 By default Inductor compiles into a fresh, temporary cache, so "first call" of ``compiled`` is a
-cold compilation; ``--warm-cache`` uses the user's cache instead.
+cold compilation; ``--warm-cache`` (implied by ``--quick``) uses the user's cache instead.
 
     python benchmarks/throughput.py                          # 1 thread and all cores, CPU
     python benchmarks/throughput.py --device cpu,cuda        # also on the GPU
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import importlib.metadata
 import json
 import os
 import platform
@@ -56,12 +57,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--orders", default="second,first", help="comma list of second, first (default both)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
     p.add_argument("--meta-batch", type=int, default=META_BATCH, help=f"tasks per outer step (default {META_BATCH})")
-    p.add_argument("--quick", action="store_true", help="tiny counts, 1 thread, 1 inner step: a smoke test")
-    p.add_argument("--warm-cache", action="store_true", help="use the user's Inductor cache (default: a fresh one)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: tiny counts, 1 thread, 1 inner step, the user's Inductor cache")
+    p.add_argument("--warm-cache", action="store_true",
+                   help="use the user's Inductor cache (default without --quick: a fresh, cold one)")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     q = args.quick
+    args.warm_cache = args.warm_cache or q
     args.iterations = args.iterations or (3 if q else 100)
     args.repeats = args.repeats or (1 if q else 3)
     args.warmup = (1 if q else 3) if args.warmup is None else args.warmup
@@ -331,10 +335,8 @@ def environment(args: argparse.Namespace, default_threads: int) -> dict:
     import torch
 
     try:
-        import higher
-
-        higher_version = getattr(higher, "__version__", "0.2.1")
-    except ImportError:  # pragma: no cover
+        higher_version = importlib.metadata.version("higher")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
         higher_version = None
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

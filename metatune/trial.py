@@ -157,7 +157,7 @@ class Trainer:
         """Post-adaptation query loss on a fixed set of validation tasks (training K and steps)."""
         cfg, ev = self.config.training, self.config.evaluation
         res = evaluate(
-            self.learner, self.meta, tasks=cfg.val_tasks, steps=ev.inner_steps, seed=ev.seed + 104_729,
+            self.learner, self.meta, tasks=cfg.val_tasks, steps=None, seed=ev.seed + 104_729,
             split="val", chunk=ev.chunk, device=self.device, dtype=self.dtype,
         )
         shot = res.by_shots[self.task.shots]

@@ -26,7 +26,8 @@ SETTINGS["wormhole"] = {
 }
 SETTINGS["pamela"] = {
     "task": DIGITS_TINY,
-    "model": CONV_TINY,
+    # No batch norm, so the conv biases (which share their filter's Q) get a real gradient.
+    "model": {"name": "digits_conv", "channels": [2, 3], "hidden": 6},
     "hparams": {"inner_lr": 0.1, "skip_width": 2},
 }
 SETTINGS["cxgrad"] = {
@@ -67,7 +68,9 @@ def wormhole_reference(learner: Learner, meta: dict, batch: TaskBatch, noise: di
                    for c in cells for k in c.keys]
 
         def multiplied(raw: list[Tensor]) -> dict:
-            out = dict(meta)
+            # Fresh nodes for the cells C leaves alone: the w-step gradient is the partial
+            # derivative at phi, while the meta leaves also reach the loss through C.
+            out = {k: (v.clone() if k in keys else v) for k, v in meta.items()}
             j = 0
             for ci, c in enumerate(cells):
                 for k in c.keys:
@@ -148,7 +151,10 @@ def cxgrad_reference(learner: Learner, meta: dict, batch: TaskBatch, noise: dict
 
     def scale(fast: dict, nu: Tensor) -> dict:
         gamma = g_phi(nu)
-        out = dict(fast)
+        # Fresh nodes for the unscaled keys too, so that the gradient w.r.t. them is the partial
+        # derivative of the support loss at fixed nu: the meta head leaf itself also reaches the
+        # loss through nu when the first context step is differentiated.
+        out = {k: (v.clone() if k in keys else v) for k, v in fast.items()}
         for l, k in enumerate(conv):
             out[k] = gamma[l] * fast[k] / torch.sqrt((fast[k] ** 2).sum())
         return out

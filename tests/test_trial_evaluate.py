@@ -72,12 +72,13 @@ def test_same_tasks_for_every_learner_and_chunking_invariant():
 
 
 def test_training_reduces_loss_and_records_history():
-    result = Trainer(parse_config({**BASE, "training": {**BASE["training"], "iterations": 200, "eval_every": 100, "log_every": 50}})).train()
+    trainer = Trainer(parse_config({**BASE, "training": {**BASE["training"], "iterations": 200, "eval_every": 100, "log_every": 50, "val_tasks": 100}}))
+    before = trainer.validate()["val_loss"]
+    result = trainer.train()
     assert result.status == "completed"
     assert [h["iteration"] for h in result.history] == [50, 100, 150, 200]
     assert "val_loss" in result.history[1] and "val_loss" not in result.history[0]
-    ev = result.evaluation.by_shots[5]
-    assert ev.loss_by_step[-1].mean < ev.loss_by_step[0].mean  # adaptation helps
+    assert result.history[-1]["val_loss"] < 0.95 * before
     assert set(result.evaluation.lr_scale_curve) == {0.5, 1.0, 2.0}
 
 

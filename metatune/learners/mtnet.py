@@ -84,7 +84,8 @@ EXPECTED = "mask_expected"
 def _mask_hparams(*, full: bool) -> tuple[HyperParameter, ...]:
     return (
         HyperParameter(
-            "mask_temperature", "float", 1.0, symbol="c", low=0.0, low_open=True, log=True, search=(0.1, 10.0),
+            "mask_temperature", "float", 1.0, symbol="c", low=0.0, low_open=True, log=True,
+            search=(0.1, 10.0),
             help="Gumbel-softmax temperature; changes only the straight-through gradient of zeta",
         ),
         HyperParameter(
@@ -92,7 +93,8 @@ def _mask_hparams(*, full: bool) -> tuple[HyperParameter, ...]:
             help="masks at evaluation: sampled (faithful), 1[sigmoid(zeta) > 0.5], or soft sigmoid(zeta)",
         ),
         HyperParameter(
-            "mask_resample", "categorical", "per_step" if full else "per_task", choices=("per_task", "per_step"),
+            "mask_resample", "categorical", "per_step" if full else "per_task",
+            choices=("per_task", "per_step"),
             help="draw a task's masks once for all inner steps, or afresh at every step "
                  "(the code: once per task for shared masks, every step for -full)",
         ),
@@ -132,7 +134,8 @@ class MaskedLearner(Learner):
                 else:
                     self._mask_of[key] = (f"{ZETA}{cell.name}.weight", True)
                 self._cells[self._mask_of[key][0]] = cell
-        self._zeta_keys: tuple[str, ...] = tuple(dict.fromkeys(z for z, _ in self._mask_of.values())) if self.use_M else ()
+        zetas = dict.fromkeys(z for z, _ in self._mask_of.values())
+        self._zeta_keys: tuple[str, ...] = tuple(zetas) if self.use_M else ()
 
     # ----------------------------------------------------------------- meta-parameters
     def init_meta_params(self, *, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> Params:

@@ -58,7 +58,7 @@ class Wormhole(Learner):
             help="cells C multiplies: every cell, or only the last linear cell (MNIST experiment)",
         ),
         HyperParameter(
-            "wormhole_c_steps", "int", 5, symbol="S_C", low=0, high=100, search=(1, 10),
+            "wormhole_c_steps", "int", 5, symbol="S_C", low=0, high=1000, search=(1, 10),
             help="gradient steps on C before the w-steps (paper's Wavelet set-up: 5)",
         ),
         HyperParameter(

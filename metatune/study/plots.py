@@ -1,0 +1,130 @@
+"""PNG plots (matplotlib, Agg backend): the study plot (value vs the row axis per learner, log
+x, published numbers dashed) and each trial's robustness curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from metatune.study.records import TrialRecord
+from metatune.study.table import StudyTable
+
+__all__ = ["study_plot", "trial_plot"]
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _numeric(values: list[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) and bool(values)
+
+
+def study_plot(table: StudyTable, path: str | Path, *, title: str = "") -> Path:
+    plt = _plt()
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    numeric = _numeric(table.rows)
+    xs_all = sorted(table.rows) if numeric else table.rows
+    positions = {(_k(v)): (v if numeric else i) for i, v in enumerate(xs_all)}
+    ys_all: list[float] = []
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, learner in enumerate(table.learners):
+        color = colors[i % len(colors)]
+        xs, ys, es, dx = [], [], [], []
+        for row in xs_all:
+            c = table.cell(row, learner)
+            if c.mean is not None and c.status == "completed":
+                xs.append(positions[_k(row)])
+                ys.append(c.mean)
+                es.append(c.ci95 or 0.0)
+            elif c.status == "diverged":
+                dx.append(positions[_k(row)])
+        if xs:
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=color, label=learner)
+            ys_all.extend(ys)
+        if dx:
+            ax.scatter(dx, [0.96] * len(dx), marker="x", color=color, s=60, zorder=5,
+                       label=f"{learner} diverged", transform=ax.get_xaxis_transform())
+        if table.published is not None and learner in table.published.learners and table.rows_axis != "best":
+            pub = [(positions[_k(r)], table.cell(r, learner).published) for r in xs_all]
+            pub = [(x, p) for x, p in pub if p is not None]
+            if pub:
+                ax.plot([x for x, _ in pub], [p[0] for _, p in pub], linestyle="--", marker=".", color=color,
+                        alpha=0.6, label=f"{learner} (published)")
+                ys_all.extend(p[0] for _, p in pub)
+    if numeric and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 10:
+        ax.set_xscale("log")
+    if not numeric:
+        ax.set_xticks(range(len(xs_all)), [str(v) for v in xs_all])
+    pos = [y for y in ys_all if y > 0]
+    if pos and max(pos) / min(pos) >= 20:
+        ax.set_yscale("log")
+    ax.set_xlabel(table.rows_axis)
+    ax.set_ylabel(f"{table.value} (mean ± 95% CI)")
+    ax.set_title(title or table.title or "study table", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _k(v: Any) -> str:
+    return repr(v)
+
+
+def trial_plot(record: TrialRecord, path: str | Path) -> Path | None:
+    """Loss vs K, vs inner steps and vs inner step-size scale, plus the training curve."""
+    c = record.curves
+    if not c:
+        return None
+    plt = _plt()
+    path = Path(path)
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.4), dpi=100)
+    train = c.get("train") or {}
+
+    def pts(xs: list[Any], ys: list[Any]) -> tuple[list[Any], list[Any]]:
+        pairs = [(x, y) for x, y in zip(xs, ys) if y is not None and x is not None]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    ax = axes[0]
+    for key in ("train_loss", "val_loss"):
+        if key in train:
+            x, y = pts(train.get("iteration", []), train[key])
+            if x:
+                ax.plot(x, y, marker="." if key == "val_loss" else None, label=key)
+    ax.set_title("training", fontsize=9)
+    ax.set_xlabel("iteration")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    for ax, (xkey, ykey, ekey, label, logx) in zip(axes[1:], [
+        ("shots", "loss_by_shots", "loss_by_shots_ci95", "K (support size)", False),
+        (None, "loss_by_step", "loss_by_step_ci95", "inner steps at test", False),
+        ("lr_scales", "loss_by_lr_scale", "loss_by_lr_scale_ci95", "inner step-size scale", True),
+    ]):
+        ys = c.get(ykey) or []
+        xs = c.get(xkey) if xkey else list(range(len(ys)))
+        es = c.get(ekey) or [0.0] * len(ys)
+        trip = [(x, y, e or 0.0) for x, y, e in zip(xs or [], ys, es) if y is not None]
+        if trip:
+            ax.errorbar([t[0] for t in trip], [t[1] for t in trip], yerr=[t[2] for t in trip], marker="o", capsize=2)
+        if logx and trip and min(t[0] for t in trip) > 0:
+            ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_title(f"test loss vs {label.split(' (')[0]}", fontsize=9)
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"{record.name}: {record.status}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

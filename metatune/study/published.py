@@ -1,0 +1,69 @@
+"""Published numbers that study tables show beside ours (copied from algorithms.md §9).
+
+Each table maps a row value (e.g. alpha) to ``{learner: (mean, ci95)}``; learner names are
+metatune's registry names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["PUBLISHED", "PublishedTable"]
+
+
+@dataclass(frozen=True)
+class PublishedTable:
+    title: str
+    source: str
+    rows: str
+    value: str
+    cells: dict[float, dict[str, tuple[float, float]]]
+
+    def get(self, row: object, learner: str) -> tuple[float, float] | None:
+        try:
+            key = float(row)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None
+        for r, cols in self.cells.items():
+            if abs(r - key) <= 1e-9 * max(1.0, abs(r)):
+                return cols.get(learner)
+        return None
+
+    @property
+    def learners(self) -> list[str]:
+        seen: list[str] = []
+        for cols in self.cells.values():
+            for name in cols:
+                if name not in seen:
+                    seen.append(name)
+        return seen
+
+
+PUBLISHED: dict[str, PublishedTable] = {
+    "mtnet_table_6_2": PublishedTable(
+        title="MT-net thesis Table 6.2: 10-shot sine MSE vs step size alpha",
+        source="Lee, MSc thesis (MT-net), Table 6.2; shared/docs/algorithms.md §9.2",
+        rows="inner_lr",
+        value="test_loss",
+        cells={
+            10.0: {"maml": (171.92, 25.04), "tnet": (4.08, 0.30), "mtnet": (4.18, 0.30)},
+            1.0: {"maml": (5.81, 0.49), "tnet": (4.15, 0.30), "mtnet": (0.61, 0.07)},
+            0.1: {"maml": (1.05, 0.11), "tnet": (0.68, 0.06), "mtnet": (0.54, 0.05)},
+            0.01: {"maml": (0.71, 0.07), "tnet": (0.56, 0.06), "mtnet": (0.49, 0.05)},
+            0.001: {"maml": (0.82, 0.08), "tnet": (0.59, 0.06), "mtnet": (0.59, 0.06)},
+            0.0001: {"maml": (2.54, 0.19), "tnet": (0.62, 0.06), "mtnet": (0.72, 0.07)},
+        },
+    ),
+    "mtnet_table_6_1_k10": PublishedTable(
+        title="MT-net thesis Table 6.1: sine MSE at K = 10 (trained with K = 10, alpha = 0.01)",
+        source="Lee, MSc thesis (MT-net), Table 6.1; shared/docs/algorithms.md §9.1",
+        rows="inner_lr",
+        value="test_loss",
+        cells={
+            0.01: {
+                "maml": (0.71, 0.07), "metasgd": (0.53, 0.09), "mnet_full": (0.63, 0.07), "mnet": (0.60, 0.06),
+                "tnet": (0.56, 0.06), "mtnet_full": (0.51, 0.05), "mtnet": (0.49, 0.05),
+            },
+        },
+    ),
+}
