@@ -64,8 +64,10 @@ class EvaluationConfig:
     tasks: int = 600
     #: Support sizes to test at; null = the training K only.
     shots: tuple[int, ...] | None = None
-    #: Inner steps at test time; null = the training steps. Losses after every step are kept.
+    #: Inner steps of the headline numbers; null = the training steps.
     inner_steps: int | None = None
+    #: The loss-vs-steps curve runs from step 0 to this (null = ``inner_steps``).
+    curve_steps: int | None = None
     #: Multipliers of the inner step size for the robustness curve (at the training K).
     lr_scales: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 10.0)
     #: Seed of the held-out task stream: every learner is scored on the same tasks.
@@ -82,6 +84,10 @@ class EvaluationConfig:
             positive(k, f"shots[{i}]")
         if self.inner_steps is not None:
             positive(self.inner_steps, "inner_steps", allow_zero=True)
+        if self.curve_steps is not None:
+            positive(self.curve_steps, "curve_steps", allow_zero=True)
+            if self.inner_steps is not None and self.curve_steps < self.inner_steps:
+                raise ConfigError("curve_steps", f"expected >= inner_steps ({self.inner_steps}), got {self.curve_steps}")
         for i, s in enumerate(self.lr_scales):
             positive(s, f"lr_scales[{i}]")
         positive(self.chunk, "chunk")

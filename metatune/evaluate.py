@@ -52,6 +52,7 @@ def summarise(values: Tensor) -> Summary:
 @dataclass
 class ShotResult:
     shots: int
+    #: The inner steps of the headline numbers (``loss``, ``accuracy``, ``task_losses``).
     steps: int
     #: Final-step query loss per task (kept so other statistics can be computed later).
     task_losses: list[float]
@@ -61,6 +62,7 @@ class ShotResult:
     accuracy_by_step: list[Summary] | None = None
     #: Binomial 95 % CI over every query prediction (CxGrad's statistic).
     accuracy_ci95_binomial: float | None = None
+    #: Learner diagnostics after the last curve step (mask fractions, context norms, ...).
     stats: dict[str, float] = field(default_factory=dict)
 
 
@@ -124,29 +126,34 @@ def _run(
 
 def evaluate(
     learner: Learner, meta: Params, *, tasks: int = 600, shots: Sequence[int] | None = None,
-    steps: int | None = None, lr_scales: Sequence[float] = (1.0,), seed: int = 1,
-    split: Split = "test", chunk: int = 100, device: torch.device | str = "cpu",
+    steps: int | None = None, curve_steps: int | None = None, lr_scales: Sequence[float] = (1.0,),
+    seed: int = 1, split: Split = "test", chunk: int = 100, device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> EvalResult:
-    """Evaluate ``meta`` on ``tasks`` held-out tasks at each K in ``shots``."""
+    """Evaluate ``meta`` on ``tasks`` held-out tasks at each K in ``shots``.
+
+    The headline loss is after ``steps`` inner steps (default: the training steps); the step
+    curve runs to ``curve_steps`` (default ``steps``); the step-size curve is at ``steps``.
+    """
     device = torch.device(device)
     steps = learner.hparams["inner_steps"] if steps is None else steps
+    curve_steps = steps if curve_steps is None else max(curve_steps, steps)
     train_k = learner.task.shots
     shots = list(shots) if shots else [train_k]
-    common = dict(tasks=tasks, steps=steps, seed=seed, split=split, chunk=chunk, device=device, dtype=dtype)
+    common = dict(tasks=tasks, seed=seed, split=split, chunk=chunk, device=device, dtype=dtype)
     by_shots: dict[int, ShotResult] = {}
     for k in shots:
-        out = _run(learner, meta, shots=k, lr_scale=1.0, **common)
-        losses = out["loss"]  # [tasks, steps + 1]
+        out = _run(learner, meta, shots=k, steps=curve_steps, lr_scale=1.0, **common)
+        losses = out["loss"]  # [tasks, curve_steps + 1]
         result = ShotResult(
-            shots=k, steps=steps, task_losses=losses[:, -1].tolist(), loss=summarise(losses[:, -1]),
+            shots=k, steps=steps, task_losses=losses[:, steps].tolist(), loss=summarise(losses[:, steps]),
             loss_by_step=[summarise(losses[:, s]) for s in range(losses.shape[1])],
         )
         if "accuracy" in out:
             acc = out["accuracy"]
-            result.accuracy = summarise(acc[:, -1])
+            result.accuracy = summarise(acc[:, steps])
             result.accuracy_by_step = [summarise(acc[:, s]) for s in range(acc.shape[1])]
-            p = acc[:, -1].double().mean().item()
+            p = acc[:, steps].double().mean().item()
             n_pred = acc.shape[0] * int(out["query_size"])
             result.accuracy_ci95_binomial = 1.96 * math.sqrt(max(p * (1 - p), 0.0) / n_pred)
         result.stats = {k[len("stats/"):]: v.double().mean().item() for k, v in out.items() if k.startswith("stats/")}
@@ -156,6 +163,6 @@ def evaluate(
         if scale == 1.0 and train_k in by_shots:
             curve[scale] = by_shots[train_k].loss
             continue
-        out = _run(learner, meta, shots=train_k, lr_scale=scale, **common)
-        curve[scale] = summarise(out["loss"][:, -1])
+        out = _run(learner, meta, shots=train_k, steps=steps, lr_scale=scale, **common)
+        curve[scale] = summarise(out["loss"][:, steps])
     return EvalResult(by_shots=by_shots, lr_scale_curve=curve, split=split, tasks=tasks)

@@ -215,7 +215,7 @@ class Trainer:
             ev = self.config.evaluation
             evaluation = evaluate(
                 self.learner, self.meta, tasks=ev.tasks, shots=ev.shots, steps=ev.inner_steps,
-                lr_scales=ev.lr_scales, seed=ev.seed, split=ev.split, chunk=ev.chunk,
+                curve_steps=ev.curve_steps, lr_scales=ev.lr_scales, seed=ev.seed, split=ev.split, chunk=ev.chunk,
                 device=self.device, dtype=self.dtype,
             )
         return TrainResult(
