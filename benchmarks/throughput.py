@@ -346,7 +346,7 @@ def environment(args: argparse.Namespace, default_threads: int) -> dict:
         "cpu_count": os.cpu_count(), "torch_default_threads": default_threads,
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "inductor_cache": "user (warm)" if args.warm_cache else "fresh (cold)",
+        "inductor_cache": "user's (may be warm)" if args.warm_cache else "fresh (cold)",
         "setup": {
             "task": "Sine(protocol='maml', shots=10)", "model": "MLP 1-40-40-1 relu", "meta_batch": args.meta_batch,
             "inner_lr": INNER_LR, "outer": f"Adam(lr={OUTER_LR})", "dtype": "float32",

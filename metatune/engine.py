@@ -35,10 +35,11 @@ def meta_gradient(learner: Learner, *, compile: bool = False) -> MetaGradient:
     as such and stays a stop-gradient for the outer ``grad``. The learner's hyperparameters and
     the tensor shapes are compile-time constants: another meta-batch size or number of shots
     compiles once more (each ``meta_gradient`` call has its own compilation cache), new values
-    of the same shapes do not. The results equal the plain path's; the returned loss and
-    per-task outputs are detached (the gradients are already computed). If compiling or
-    running the compiled function raises while the plain path succeeds on the same inputs, one
-    warning is logged and the plain path is used from then on.
+    of the same shapes do not. CPU kernels keep the thread count (``torch.get_num_threads()``)
+    of their compilation. The results equal the plain path's up to floating-point rounding;
+    the returned loss and per-task outputs are detached (the gradients are already computed).
+    If compiling or running the compiled function raises while the plain path succeeds on the
+    same inputs, one warning is logged and the plain path is used from then on.
     """
 
     def plain(meta: Params, batch: TaskBatch, noise: Noise) -> tuple[Tensor, dict[str, Tensor], TaskOutput]:
@@ -52,7 +53,9 @@ def meta_gradient(learner: Learner, *, compile: bool = False) -> MetaGradient:
     return _Compiled(learner, plain)
 
 
-def _outer_step(learner: Learner, meta: Params, batch: TaskBatch, noise: Noise):
+def _outer_step(
+    learner: Learner, meta: Params, batch: TaskBatch, noise: Noise
+) -> tuple[Tensor, dict[str, Tensor], TaskOutput]:
     """Meta-loss, its gradients and the per-task outputs, fully functional (what is compiled)."""
     grads, (loss, out) = torch.func.grad_and_value(
         lambda m: learner.meta_loss(m, batch, noise), has_aux=True

@@ -154,3 +154,23 @@ def test_compile_false_is_the_plain_path():
     loss, grads, _ = meta_gradient(learner, compile=False)(meta, data[0], {})
     assert loss.requires_grad  # the plain path returns the differentiable loss
     assert set(grads) == set(meta)
+
+
+def test_each_meta_gradient_compiles_on_its_own(monkeypatch, caplog):
+    """More learners in one process (a study's trials) than TorchDynamo's per-function
+    recompile limit (8): each keeps its compiled graph. The eager backend keeps this fast."""
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **{**kw, "backend": "eager"}))
+    _, meta, data = setup("maml", 1, False, batches=1)
+    graphs = counters["stats"]["unique_graphs"]
+    n = torch._dynamo.config.recompile_limit + 2
+    with caplog.at_level(logging.WARNING, logger="metatune.engine"):
+        for i in range(n):
+            learner = MAML(backbone=MLP(hidden=(8, 8)), task=Sine(protocol="metasgd", shots=5, query=6),
+                           inner_lr=0.01 * (i + 1), inner_steps=1)
+            _, grads, _ = meta_gradient(learner, compile=True)(meta, data[0], {})
+            _, ref, _ = meta_gradient(learner)(meta, data[0], {})
+            for k in meta:
+                assert rel_err(grads[k], ref[k]) < 1e-10
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    assert counters["stats"]["unique_graphs"] - graphs == n

@@ -1,11 +1,309 @@
-"""Study subcommands of the ``metatune`` CLI (run, resume, status, export, report, ui)."""
+"""Study subcommands of the ``metatune`` CLI (run, resume, status, export, report, ui).
+
+Each command validates its input before Ray or MLflow start; a bad file or field ends with
+one line naming the file and field and exit code 2 (the top-level CLI turns ConfigError into
+that). STUDY is a study folder, a study YAML, or a study name under ./metatune_results.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from metatune.errors import ConfigError
 
 __all__ = ["register_commands"]
 
 
+def _tracker(study: Any) -> Any:
+    from metatune.study._mlflow import Tracker
+
+    return Tracker(study.tracking_uri, study.experiment, study=study.name, artifact_location=study.artifact_location)
+
+
+def _same_study(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    skip = {"tracking", "workdir"}
+    return {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
+
+
+def _ui_hint(study: Any) -> str:
+    if study.tracking_uri.startswith("sqlite:"):
+        return f"metatune ui {study.dir}    (serves {study.tracking_uri} on http://127.0.0.1:5000)"
+    return f"open {study.tracking_uri} (experiment '{study.experiment}')"
+
+
+def _execute(study: Any, args: argparse.Namespace, *, resume: bool) -> int:
+    from metatune.study import _ray
+    from metatune.study.export import export_best, summary_table
+    from metatune.study.monitor import StudyMonitor
+    from metatune.study.report import Views
+
+    s = study.spec
+    print(f"study '{study.name}': {study.num_trials} trials of {', '.join(study.learners)} "
+          f"(sampler {s.sampler.name}, scheduler {s.scheduler.name}, objective {study.metric} {study.mode}, "
+          f"{s.resources.cpus:g} CPU" + (f" + {s.resources.gpus:g} GPU" if s.resources.gpus else "") + " per trial)")
+    print(f"  folder {study.dir}\n  MLflow {study.tracking_uri} (experiment '{study.experiment}')")
+    views = Views(study, tracker=None if args.no_mlflow else _tracker(study))
+    views.start()
+    monitor = StudyMonitor(study, views, interval_s=args.progress_every)
+    interrupted = False
+    try:
+        _ray.init_ray(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus, verbose=args.verbose)
+        _ray.run_study(study, monitor, resume=resume)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        _ray.shutdown_ray()
+    records = _ray.read_records(study)
+    for r in records:
+        views.trial(r)
+    files = views.refresh_study(records)
+    finished = len(records) >= study.num_trials and all(r.finished for r in records)
+    state = "finished" if finished and not interrupted else "interrupted"
+    views.finish("FINISHED" if state == "finished" else "KILLED")
+    monitor.end(records, state)
+    exported = export_best(records, study.best_dir, study=study.name, metric=study.metric, mode=study.mode)
+    print()
+    print(summary_table(records, metric=study.metric, mode=study.mode, learners=study.learners))
+    print(f"\nstudy table ({files['md']}):\n")
+    print(Path(files["md"]).read_text())
+    print("Where to look:")
+    print(f"  MLflow UI:    {_ui_hint(study)}")
+    print(f"  every trial:  {files['parquet']}")
+    if exported:
+        print(f"  best configs: {', '.join(str(e.path) for e in exported)}")
+        print(f"                (retrain one alone: metatune train {exported[0].path})")
+    else:
+        print("  best configs: none yet (no trial completed)")
+    if views.mlflow_errors:
+        print(f"  note: MLflow failed {views.mlflow_errors} time(s) ({views.last_error}); "
+              f"`metatune report {study.dir}` restores the runs")
+    if state != "finished":
+        print(f"\nstudy interrupted: `metatune resume {study.dir}` finishes it")
+        return 130 if interrupted else 1
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from metatune.config import read_yaml
+    from metatune.study.spec import FROZEN_FILE, is_uri, load_study
+
+    study = load_study(args.study, storage=args.storage, tracking_uri=args.tracking_uri)
+    frozen = study.dir / FROZEN_FILE
+    resume = False
+    if frozen.is_file():
+        if args.overwrite:
+            if is_uri(study.tune_root):
+                raise ConfigError("--overwrite", f"will not delete remote storage {study.tune_root}; remove it yourself")
+            shutil.rmtree(study.dir)
+        elif _same_study(read_yaml(frozen), study.frozen()):
+            print(f"study '{study.name}' already exists in {study.dir}: resuming it (--overwrite starts afresh)")
+            resume = True
+        else:
+            raise ConfigError(
+                "<study>", f"a different study named '{study.name}' already ran in {study.dir}; "
+                f"`metatune resume {study.dir}` continues that one, --overwrite deletes it, or rename this study",
+                source=args.study,
+            )
+    study.write_frozen()
+    return _execute(study, args, resume=resume)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from metatune.study.spec import open_study
+
+    study = open_study(args.study, tracking_uri=args.tracking_uri)
+    if args.tracking_uri:
+        study.write_frozen()
+    return _execute(study, args, resume=True)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from metatune.study import _ray
+    from metatune.study.monitor import STATUS_FILE, format_params, progress_line
+    from metatune.study.spec import open_study
+
+    study = open_study(args.study)
+    status_file = study.dir / STATUS_FILE
+    driver = json.loads(status_file.read_text()) if status_file.is_file() else None
+    records = _ray.read_records(study)
+    print(f"study '{study.name}' in {study.dir}")
+    if driver:
+        age = time.time() - float(driver.get("updated", 0))
+        print(f"driver: {driver.get('state')} (pid {driver.get('pid')} on {driver.get('host')}, "
+              f"last update {age:.0f} s ago)")
+    print(progress_line(study, records, 0.0).split("] ", 1)[1])
+    if not records:
+        print("no trials in the Tune storage yet")
+        return 0
+    rows = [("trial", "status", "iteration", study.metric, "test loss", "params")]
+    for r in records:
+        rows.append((r.name, r.status + (f"@{r.diverged_at}" if r.diverged_at is not None else ""),
+                     "" if r.iteration is None else str(r.iteration),
+                     "" if r.objective is None else f"{r.objective:.4g}",
+                     "" if r.test_loss is None else f"{r.test_loss:.4g} ± {r.test_loss_ci95 or 0:.2g}",
+                     format_params(r)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    left = study.num_trials - sum(r.finished for r in records)
+    if left > 0 and not (driver and driver.get("state") == "running"):
+        print(f"{left} trial(s) not finished: `metatune resume {study.dir}`")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from metatune.study import _ray
+    from metatune.study.export import export_best, summary_table
+    from metatune.study.spec import open_study
+
+    study = open_study(args.study)
+    if args.top_k < 1:
+        raise ConfigError("--top-k", f"expected a positive number, got {args.top_k}")
+    records = _ray.read_records(study)
+    out = Path(args.out) if args.out else study.best_dir
+    exported = export_best(records, out, study=study.name, metric=study.metric, mode=study.mode, top_k=args.top_k)
+    print(summary_table(records, metric=study.metric, mode=study.mode, learners=study.learners))
+    print()
+    if not exported:
+        print("nothing exported: no trial has completed yet")
+        return 1
+    for e in exported:
+        print(f"wrote {e.path}  ({e.learner} #{e.rank}, trial {e.record.trial_id}, "
+              f"{study.metric} {e.record.objective:.4g})")
+    print(f"retrain one alone: metatune train {exported[0].path} --seed 1")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from metatune.study import _ray
+    from metatune.study.report import rebuild
+    from metatune.study.spec import open_study
+
+    study = open_study(args.study, tracking_uri=args.tracking_uri)
+    records = _ray.read_records(study)
+    views, files = rebuild(study, records, tracker=None if args.no_mlflow else _tracker(study))
+    print(f"rebuilt study '{study.name}' from {study.tune_path}: {len(records)} trials")
+    print(f"  Parquet: {files['parquet']}\n  table:   {files['md']}\n  plot:    {files['png']}")
+    if not args.no_mlflow:
+        if views.mlflow_errors:
+            print(f"  MLflow:  FAILED ({views.last_error}); run `metatune report` again once it is reachable")
+            return 1
+        print(f"  MLflow:  {study.tracking_uri}, experiment '{study.experiment}', parent run {views.tracker.parent_id}")
+    return 0
+
+
+def _find_default_study() -> str:
+    from metatune.study.spec import DEFAULT_ROOT, FROZEN_FILE
+
+    found = sorted(p.parent for p in (Path.cwd() / DEFAULT_ROOT).glob(f"*/{FROZEN_FILE}"))
+    if len(found) == 1:
+        return str(found[0])
+    names = ", ".join(p.name for p in found) or "none"
+    raise ConfigError("STUDY", f"name the study to show (studies under ./{DEFAULT_ROOT}: {names})")
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from metatune.study._mlflow import ui_command
+    from metatune.study.spec import open_study
+
+    study = open_study(args.study or _find_default_study())
+    uri = study.tracking_uri
+    if not uri.startswith("sqlite:"):
+        print(f"study '{study.name}' logs to {uri}: open that in a browser (experiment '{study.experiment}')")
+        return 0
+    cmd = ui_command(uri, host=args.host, port=args.port) + ["--artifacts-destination", str(study.dir / "mlartifacts")]
+    url = f"http://{args.host}:{args.port}"
+    try:
+        t = _tracker(study)
+        parent = t._search(f"tags.`metatune.study` = '{study.name}' and tags.`metatune.role` = 'parent'")
+        if parent:
+            url += f"/#/experiments/{t.experiment_id()}/runs/{parent[0].info.run_id}"
+    except Exception:  # noqa: BLE001 - the link is a convenience
+        pass
+    print(f"MLflow UI for study '{study.name}': {url}\n  ({' '.join(cmd[2:])}; Ctrl-C stops it)", flush=True)
+    # The server runs in its own session so that stopping `metatune ui` (Ctrl-C or SIGTERM)
+    # stops the server and every helper process it spawned, and nothing else.
+    # No background job workers (GenAI scoring, trace archival): a study store needs none.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            # the session leader is gone; helpers in its group may linger for a moment
+            time.sleep(0.5)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _add_exec_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="Ray cluster to join ('auto' on a cluster head); default: a private local Ray")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    p.add_argument("--num-gpus", type=int, help="GPUs of the local Ray instance (default: detected)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (e.g. http://head:5000); default: the study's")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow (`metatune report` can later)")
+    p.add_argument("--progress-every", type=float, default=20.0, metavar="S", help="seconds between progress lines")
+
+
 def register_commands(sub: argparse._SubParsersAction) -> None:
     """Add the study subcommands to the top-level parser."""
+    p = sub.add_parser("run", help="run a study (Ray Tune + Optuna + MLflow)")
+    p.add_argument("study", help="study YAML (studies/*.yaml)")
+    p.add_argument("--storage", help="study folder or s3:// / gs:// URI (default ./metatune_results/<name>)")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier run of this study first")
+    _add_exec_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("resume", help="finish an interrupted study (no finished trial runs again)")
+    p.add_argument("study", help="study folder, study YAML or name")
+    _add_exec_options(p)
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("status", help="trials done, running, diverged and failed; best so far")
+    p.add_argument("study", help="study folder, study YAML or name")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("export", help="write the best run config per learner as YAML for `metatune train`")
+    p.add_argument("study", help="study folder, study YAML or name")
+    p.add_argument("--top-k", type=int, default=1, help="export the k best configs per learner")
+    p.add_argument("--out", help="folder to write to (default <study>/best)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="rebuild MLflow runs, Parquet and the study table from Tune storage")
+    p.add_argument("study", help="study folder, study YAML or name")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI to (re)build the runs in; default: the study's")
+    p.add_argument("--no-mlflow", action="store_true", help="only the local files")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ui", help="serve the MLflow UI of a study on 127.0.0.1")
+    p.add_argument("study", nargs="?", help="study folder, study YAML or name (default: the only one)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback only)")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
+

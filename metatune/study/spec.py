@@ -308,7 +308,7 @@ class Study:
             "# `metatune resume/status/report/export` read this file; edit the original instead.\n"
         )
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(header + yaml.safe_dump(self.frozen(), sort_keys=False))
+        tmp.write_text(header + yaml.safe_dump(self.frozen(), sort_keys=False, allow_unicode=True))
         os.replace(tmp, path)
         return path
 

@@ -38,12 +38,12 @@ class Cell:
             return "diverged"
         if self.mean is None:
             return {"empty": "", "completed": "n/a"}.get(self.status, self.status)
-        ci = f" ± {self.ci95:.2f}" if self.ci95 is not None else ""
+        ci = f" ± {_fmt_value(self.ci95)}" if self.ci95 is not None else ""
         return f"{_fmt_value(self.mean)}{ci}"
 
 
 def _fmt_value(v: float) -> str:
-    return f"{v:.2f}" if abs(v) < 1000 else f"{v:.4g}"
+    return f"{v:.2f}" if abs(v) < 1000 else f"{v:.3g}"
 
 
 def _fmt_row(v: Any) -> str:

@@ -1,0 +1,292 @@
+"""The only module that imports Ray. Everything Ray-specific lives here: the trainable, the
+Tuner (OptunaSearch + optional ASHA + failure/checkpoint config + storage), restore, the
+driver-side callback, reading trials back from storage, and ``ray.init``.
+
+Traps avoided (shared/docs/ecosystem.md §0): Tune classes come from ``ray.tune`` (never
+``ray.train``); metric/mode are set on both OptunaSearch and TuneConfig (define-by-run); no
+NaN ever reaches Tune, Optuna or ASHA (diverged trials report a finite penalty plus
+``diverged=1``); a private local instance uses ``address="local"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+# Set before Ray reads them: only the loggers we add (no TensorBoard for list-valued results),
+# no warning about frequent experiment snapshots (we keep few checkpoints on purpose).
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+
+from metatune.errors import ConfigError  # noqa: E402
+from metatune.study.records import TrialRecord, final_payload, intermediate_payload, record_from_tune  # noqa: E402
+from metatune.study.spec import FROZEN_FILE, TUNE_NAME, Study, parse_study  # noqa: E402
+
+__all__ = ["can_resume", "init_ray", "read_records", "run_study", "shutdown_ray"]
+
+log = logging.getLogger(__name__)
+
+#: Live monitors by study folder: the callback (pickled with the experiment) finds its
+#: monitor here, so a restored experiment reports to the new driver's monitor.
+_MONITORS: dict[str, Any] = {}
+
+
+# ---------------------------------------------------------------------- the trainable
+def _run_trial(frozen: dict[str, Any], config: dict[str, Any]) -> None:
+    from metatune.config import parse_config
+    from metatune.trial import CHECKPOINT_FILE, Trainer
+
+    study = parse_study(frozen, source=FROZEN_FILE)
+    if os.path.isdir(study.cwd):
+        os.chdir(study.cwd)  # relative task paths resolve as in the driver
+    components = parse_config(study.run_config_for(config))
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            trainer = Trainer.restore(Path(d) / CHECKPOINT_FILE, components)
+    else:
+        trainer = Trainer(components)
+
+    def report(metrics: dict[str, float], tr: Any) -> None:
+        payload = intermediate_payload(metrics, metric=study.metric, penalty=study.penalty)
+        with tempfile.TemporaryDirectory(prefix="metatune-ckpt-") as d:
+            tr.save(Path(d) / CHECKPOINT_FILE)
+            tune.report(payload, checkpoint=tune.Checkpoint.from_directory(d))
+
+    result = trainer.train(report=report)
+    validation = None
+    if result.status == "completed":
+        last = result.history[-1] if result.history else {}
+        if last.get("iteration") == result.iterations and "val_loss" in last:
+            validation = {k: last[k] for k in ("val_loss", "val_loss_ci95", "val_accuracy") if k in last}
+        else:
+            validation = trainer.validate()
+    tune.report(final_payload(result.to_dict(), metric=study.metric, penalty=study.penalty, validation=validation))
+
+
+def make_trainable(study: Study) -> Any:
+    frozen = study.frozen()
+
+    def metatune_trial(config: dict[str, Any]) -> None:
+        _run_trial(frozen, config)
+
+    res = study.spec.resources
+    resources = {"cpu": res.cpus}
+    if res.gpus:
+        resources["gpu"] = res.gpus
+    return tune.with_resources(metatune_trial, resources)
+
+
+# ---------------------------------------------------------------------- records
+def _error_text(trial: Any) -> str | None:
+    for attr in ("error_file", "pickled_error_file"):
+        path = getattr(trial, attr, None)
+        if path and not str(path).endswith(".pkl"):
+            try:
+                text = Path(path).read_text(errors="replace").strip()
+            except OSError:
+                continue
+            lines = [ln for ln in text.splitlines() if ln.strip()]
+            return lines[-1] if lines else text
+    md = getattr(trial, "run_metadata", None)
+    msg = getattr(md, "error_filename", None) if md is not None else None
+    return "trial failed" + (f" (see {msg})" if msg else "")
+
+
+def _record(study: Study, trial: Any, *, status: str | None = None, result: dict | None = None) -> TrialRecord | None:
+    config = dict(trial.config or {})
+    if "learner" not in config:
+        return None  # not yet suggested
+    try:
+        run_config = study.run_config_for(config)
+    except ConfigError:
+        return None
+    tune_status = status or trial.status
+    md = getattr(trial, "run_metadata", None)
+    return record_from_tune(
+        trial.trial_id, config, tune_status, result if result is not None else trial.last_result,
+        run_config=run_config, metric=study.metric,
+        num_failures=int(getattr(md, "num_failures", 0) or 0),
+        error=_error_text(trial) if tune_status == "ERROR" else None,
+    )
+
+
+def _records(study: Study, trials: list[Any]) -> list[TrialRecord]:
+    return [r for r in (_record(study, t) for t in trials) if r is not None]
+
+
+def _guarded(method: Any) -> Any:
+    """A bug or an outage in a view must never stop the study: log it and go on."""
+
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except Exception:  # noqa: BLE001
+            log.exception("metatune: updating the study views failed (the study goes on; "
+                          "`metatune report` rebuilds them)")
+
+    wrapper.__name__ = method.__name__
+    return wrapper
+
+
+class StudyCallback(tune.Callback):
+    """Driver-side: forwards Tune events to the study's monitor (progress, MLflow, files)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def _monitor(self) -> Any:
+        return _MONITORS.get(self.key)
+
+    @_guarded
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        mon = self._monitor()
+        if mon is None:
+            return
+        rec = _record(mon.study, trial, result=result)
+        if rec is not None:
+            mon.trial_result(rec, result)
+
+    @_guarded
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finished(trials, trial, "TERMINATED")
+
+    @_guarded
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finished(trials, trial, "ERROR")
+
+    def _finished(self, trials: list, trial: Any, status: str) -> None:
+        mon = self._monitor()
+        if mon is None:
+            return
+        rec = _record(mon.study, trial, status=status)
+        if rec is not None:
+            others = [r for r in _records(mon.study, trials) if r.trial_id != rec.trial_id]
+            mon.trial_finished(rec, others)
+
+    @_guarded
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        mon = self._monitor()
+        if mon is not None:
+            mon.tick(lambda: _records(mon.study, trials))
+
+
+def _trial_name(trial: Any) -> str:
+    return f"{(trial.config or {}).get('learner', 'trial')}-{trial.trial_id}"
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial-{trial.trial_id}"
+
+
+# ---------------------------------------------------------------------- the tuner
+def build_tuner(study: Study, trainable: Any) -> Any:
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.search.optuna import OptunaSearch
+
+    from metatune.study.sampler import make_sampler
+
+    s = study.spec
+    sampler = make_sampler(s.sampler.name, seed=study.sampler_seed, space=study.space,
+                           startup_trials=s.sampler.startup_trials)
+    searcher = OptunaSearch(space=study.space, metric=study.metric, mode=study.mode, sampler=sampler)
+    scheduler = None
+    if s.scheduler.name == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(
+            time_attr="iteration", max_t=s.scheduler.max_t or s.training.iterations,
+            grace_period=s.scheduler.grace_period or s.training.eval_every,
+            reduction_factor=s.scheduler.reduction_factor,
+        )
+    tune_config = tune.TuneConfig(
+        metric=study.metric, mode=study.mode, search_alg=searcher, scheduler=scheduler,
+        num_samples=study.num_trials, max_concurrent_trials=s.max_concurrent_trials,
+        trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname,
+        reuse_actors=True,  # a new trial skips the worker start-up (torch import) when it can
+    )
+    run_config = tune.RunConfig(
+        name=TUNE_NAME, storage_path=study.tune_root,
+        failure_config=tune.FailureConfig(max_failures=s.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        callbacks=[StudyCallback(str(study.dir)), JsonLoggerCallback(), CSVLoggerCallback()],
+        verbose=0,
+    )
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def can_resume(study: Study) -> bool:
+    return bool(tune.Tuner.can_restore(study.tune_path))
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
+             verbose: bool = False) -> None:
+    """A private local instance (``address="local"``: never a cluster an earlier ``ray start``
+    left behind) unless an address is given."""
+    _quiet_libraries(verbose)
+    if ray.is_initialized():
+        return
+    common: dict[str, Any] = dict(include_dashboard=False, log_to_driver=verbose,
+                                  logging_level=logging.INFO if verbose else logging.WARNING)
+    if address in (None, "", "local"):
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **common)
+    else:
+        ray.init(address=address, **common)
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    import optuna
+
+    if not verbose:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # Ray logs this when the grid sampler has handed out every point: expected, harmless.
+        logging.getLogger("ray.tune.search.optuna.optuna_search").addFilter(
+            lambda record: "Study.stop" not in record.getMessage()
+        )
+
+
+def shutdown_ray() -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def run_study(study: Study, monitor: Any, *, resume: bool = False) -> dict[str, int]:
+    """Run (or resume) the study's Tune experiment to the end. Returns counts of Tune statuses."""
+    trainable = make_trainable(study)
+    key = str(study.dir)
+    _MONITORS[key] = monitor
+    try:
+        if resume and can_resume(study):
+            tuner = tune.Tuner.restore(study.tune_path, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True)
+        else:
+            tuner = build_tuner(study, trainable)
+        grid = tuner.fit()
+    finally:
+        _MONITORS.pop(key, None)
+    counts: dict[str, int] = {}
+    for res in grid:
+        status = "ERROR" if res.error else "TERMINATED"
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+# ---------------------------------------------------------------------- reading storage
+def read_records(study: Study) -> list[TrialRecord]:
+    """Every trial of the study, read from the Tune experiment (no Ray instance needed)."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        if not tune.Tuner.can_restore(study.tune_path):
+            return []
+    except Exception:  # noqa: BLE001 - a missing or unreachable folder means no trials yet
+        return []
+    analysis = ExperimentAnalysis(study.tune_path, default_metric=study.metric, default_mode=study.mode)
+    return _records(study, list(analysis.trials))

@@ -1,0 +1,133 @@
+"""Live view of a running study: progress lines (running / done / diverged, best so far), a
+``status.json`` in the study folder for ``metatune status``, and refreshed views (MLflow,
+Parquet, table) each time a trial finishes. Driven by the Tune callback in ``_ray``."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from metatune.study.records import TrialRecord
+from metatune.study.report import Views
+from metatune.study.spec import Study
+
+__all__ = ["StudyMonitor", "format_params", "progress_line"]
+
+STATUS_FILE = "status.json"
+
+
+def format_params(record: TrialRecord) -> str:
+    parts = []
+    for k, v in record.params.items():
+        if k == "learner":
+            continue
+        k = k.split(".", 1)[1] if k.startswith(f"{record.learner}.") else k
+        parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
+    return ", ".join(parts)
+
+
+def _best(records: Sequence[TrialRecord], mode: str) -> TrialRecord | None:
+    done = [r for r in records if r.status == "completed" and r.objective is not None]
+    if not done:
+        return None
+    return (min if mode == "min" else max)(done, key=lambda r: r.objective)  # type: ignore[arg-type,return-value]
+
+
+def progress_line(study: Study, records: Sequence[TrialRecord], elapsed_s: float) -> str:
+    n = {s: sum(r.status == s for r in records) for s in ("running", "completed", "diverged", "stopped", "error")}
+    finished = n["completed"] + n["diverged"] + n["stopped"] + n["error"]
+    mins, secs = divmod(int(elapsed_s), 60)
+    line = (f"[{mins:02d}:{secs:02d}] trials: {n['running']} running, {finished}/{study.num_trials} done "
+            f"({n['completed']} completed, {n['diverged']} diverged, {n['stopped']} stopped, {n['error']} failed)")
+    best = _best(records, study.mode)
+    if best is not None:
+        line += f" | best {study.metric} {best.objective:.4g} ({best.name}: {format_params(best)})"
+    return line
+
+
+class StudyMonitor:
+    def __init__(self, study: Study, views: Views, *, out: TextIO | None = None, interval_s: float = 20.0) -> None:
+        self.study = study
+        self.views = views
+        self.out = out or sys.stdout
+        self.interval_s = interval_s
+        self.start = time.monotonic()
+        self._last_print = 0.0
+        self._last_line = ""
+        self._announced: set[str] = set()
+        self.records: dict[str, TrialRecord] = {}
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def write_status(self, state: str) -> None:
+        records = list(self.records.values())
+        best = _best(records, self.study.mode)
+        data = {
+            "study": self.study.name, "state": state, "pid": os.getpid(), "host": socket.gethostname(),
+            "updated": time.time(), "trials_planned": self.study.num_trials,
+            "counts": {s: sum(r.status == s for r in records)
+                       for s in ("pending", "running", "completed", "diverged", "stopped", "error")},
+            "best": None if best is None else {"trial_id": best.trial_id, "learner": best.learner,
+                                               self.study.metric: best.objective, "params": best.params},
+            "mlflow_errors": self.views.mlflow_errors,
+        }
+        path = self.study.dir / STATUS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1, default=str))
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------ events from Tune
+    def trial_result(self, record: TrialRecord, metrics: dict[str, Any]) -> None:
+        self.records[record.trial_id] = record
+        if record.trial_id not in self._announced:
+            self._announced.add(record.trial_id)
+            self._print(f"  > {record.name} started ({format_params(record)})")
+        self.views.progress(record, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+
+    def trial_finished(self, record: TrialRecord, records: Sequence[TrialRecord]) -> None:
+        for r in records:
+            self.records[r.trial_id] = r
+        self.records[record.trial_id] = record
+        self._print("  " + self.describe(record))
+        self.views.trial(record)
+        self.views.refresh_study(list(self.records.values()))
+        self.write_status("running")
+
+    def describe(self, r: TrialRecord) -> str:
+        where = f"{r.name} ({format_params(r)})"
+        wall = f" in {r.wall_time_s:.0f} s" if r.wall_time_s else ""
+        if r.status == "completed":
+            test = f", test loss {r.test_loss:.4g} ± {r.test_loss_ci95 or 0:.2g}" if r.test_loss is not None else ""
+            return f"done {where}{wall}: {self.study.metric} {r.objective:.4g}{test}"
+        if r.status == "diverged":
+            return (f"DIVERGED {where} at iteration {r.diverged_at} (last finite loss "
+                    f"{r.last_finite_loss if r.last_finite_loss is None else f'{r.last_finite_loss:.4g}'}); "
+                    f"reported {self.study.metric} = {self.study.penalty:g}")
+        if r.status == "stopped":
+            return f"stopped {where} by the scheduler at iteration {r.iteration}: {self.study.metric} {r.objective}"
+        return f"FAILED {where}: {(r.error or 'see the Tune trial folder').splitlines()[0][:200]}"
+
+    def tick(self, records: Callable[[], Sequence[TrialRecord]]) -> None:
+        now = time.monotonic()
+        if now - self._last_print < self.interval_s:
+            return
+        self._last_print = now
+        for r in records():
+            self.records[r.trial_id] = r
+        line = progress_line(self.study, list(self.records.values()), now - self.start)
+        if line != self._last_line:
+            self._print(line)
+            self._last_line = line
+        self.write_status("running")
+
+    def end(self, records: Sequence[TrialRecord], state: str) -> None:
+        for r in records:
+            self.records[r.trial_id] = r
+        self._print(progress_line(self.study, list(self.records.values()), time.monotonic() - self.start))
+        self.write_status(state)

@@ -1,0 +1,180 @@
+"""The study's views (Parquet, study table, MLflow runs), rebuilt from trial records.
+
+Ray Tune's experiment storage is the source of truth; everything here can be thrown away and
+rebuilt with ``metatune report STUDY``. Rebuilding is idempotent: MLflow runs are found again
+by their trial-id tag and only missing metric points are logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metatune.study.export import trainable_config
+from metatune.study.published import PUBLISHED
+from metatune.study.records import TrialRecord
+from metatune.study.results import write_trials
+from metatune.study.spec import Study
+from metatune.study.table import StudyTable, build_table
+
+__all__ = ["Views", "rebuild", "study_table"]
+
+log = logging.getLogger(__name__)
+
+TABLE_FILES = {"csv": "table/study_table.csv", "md": "table/study_table.md", "png": "table/study_plot.png"}
+
+
+def study_table(study: Study, records: Sequence[TrialRecord]) -> StudyTable:
+    ev = study.spec.evaluation
+    shots = study.base[study.learners[0]]["task"].get("shots", "K")
+    title = (f"{study.name}: {study.spec.table.value} at K={shots} after {ev.inner_steps or 'training'} inner "
+             f"steps, mean ± 95% CI over {ev.tasks} test tasks")
+    pub = PUBLISHED.get(study.spec.table.published) if study.spec.table.published else None
+    return build_table(records, rows=study.table_rows, learners=study.learners, value=study.spec.table.value,
+                       mode=study.mode, published=pub, title=title)
+
+
+class Views:
+    """Writes the local files and (optionally) MLflow. MLflow failures never stop a study: they
+    are logged once, MLflow is skipped for a minute, and ``metatune report`` catches up later."""
+
+    def __init__(self, study: Study, *, tracker: Any = None, retry_after_s: float = 60.0) -> None:
+        self.study = study
+        self.tracker = tracker
+        self.retry_after_s = retry_after_s
+        self._down_until = 0.0
+        self.mlflow_errors = 0
+        self.last_error: str | None = None
+
+    # ------------------------------------------------------------------ MLflow, guarded
+    def _mlflow(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.tracker is None or time.monotonic() < self._down_until:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any tracking failure must not stop the study
+            self.mlflow_errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._down_until = time.monotonic() + self.retry_after_s
+            log.warning("MLflow (%s) failed: %s; results stay in Tune storage, `metatune report %s` restores the runs",
+                        self.tracker.uri, self.last_error.splitlines()[0][:300], self.study.dir)
+            return None
+
+    @property
+    def mlflow_ok(self) -> bool:
+        return self.tracker is not None and self.mlflow_errors == 0
+
+    def start(self) -> bool:
+        """Find or create the parent run; False while MLflow is unreachable."""
+        if self.tracker is None:
+            return False
+        if self.tracker.parent_id is None:
+            self._mlflow(self.tracker.start, self.study.frozen(), description=self._note(None))
+        return self.tracker.parent_id is not None
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.start():
+            self._mlflow(self.tracker.finish, status)
+
+    # ------------------------------------------------------------------ per trial
+    def trial_dir(self, record: TrialRecord) -> Path:
+        return self.study.dir / "trials" / record.trial_id
+
+    def progress(self, record: TrialRecord, metrics: dict[str, float]) -> None:
+        if self.start():
+            self._mlflow(self.tracker.log_progress, record, metrics)
+
+    def trial(self, record: TrialRecord, *, force: bool = False) -> None:
+        """Local artifacts of a trial and its MLflow child run."""
+        files: dict[str, Path] = {}
+        plot = None
+        if record.finished:
+            d = self.trial_dir(record)
+            d.mkdir(parents=True, exist_ok=True)
+            cfg = d / "run_config.yaml"
+            cfg.write_text(yaml.safe_dump(trainable_config(record), sort_keys=False))
+            (d / "trial.json").write_text(json.dumps(record.to_dict(), indent=1, default=str))
+            files = {"": cfg, "data": d / "trial.json"}
+            if record.curves:
+                from metatune.study.plots import trial_plot
+
+                plot = trial_plot(record, d / "robustness.png")
+        if not self.start():
+            return
+        if not force and record.finished and self._mlflow(self.tracker.is_final, record):
+            return
+        self._mlflow(self.tracker.log_trial, record, plot=plot, files=files)
+
+    # ------------------------------------------------------------------ study level
+    def files(self, records: Sequence[TrialRecord]) -> dict[str, Path]:
+        """Parquet, study table (CSV, markdown) and plot in the study folder."""
+        from metatune.study.plots import study_plot
+
+        d = self.study.dir
+        out = {"parquet": write_trials(records, self.study.parquet_path, study=self.study.name,
+                                       metric=self.study.metric)}
+        table = study_table(self.study, records)
+        for key, rel in TABLE_FILES.items():
+            path = d / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if key == "csv":
+                path.write_text(table.to_csv())
+            elif key == "md":
+                path.write_text(table.to_markdown())
+            else:
+                study_plot(table, path, title=table.title)
+            out[key] = path
+        out["_markdown"] = table.to_markdown()  # type: ignore[assignment]
+        return out
+
+    def _note(self, markdown: str | None) -> str:
+        s = self.study
+        lines = [f"## metatune study `{s.name}`", ""]
+        if markdown:
+            lines += [markdown, "", "Plot: artifact `table/study_plot.png`; CSV: `table/study_table.csv`.", ""]
+        if s.spec.description:
+            lines += [s.spec.description.strip(), ""]
+        lines += [
+            f"- learners: {', '.join(s.learners)}; sampler {s.spec.sampler.name}; {s.num_trials} trials; "
+            f"objective {s.metric} ({s.mode})",
+            f"- study folder: `{s.dir}`; Tune experiment: `{s.tune_path}`",
+            f"- every trial: `{s.parquet_path}`; best configs: `{s.best_dir}/`",
+        ]
+        return "\n".join(lines)
+
+    def refresh_study(self, records: Sequence[TrialRecord]) -> dict[str, Path]:
+        files = self.files(records)
+        markdown = files.pop("_markdown")  # type: ignore[arg-type]
+        if self.start():
+            counts = _counts(records)
+            self._mlflow(self.tracker.log_study_files,
+                         [("table", files["csv"]), ("table", files["md"]), ("table", files["png"])],
+                         note=self._note(str(markdown)))
+            self._mlflow(self.tracker.log_study_metrics, counts, step=int(counts["finished"]))
+        return files
+
+
+def _counts(records: Sequence[TrialRecord]) -> dict[str, float]:
+    c = {k: 0.0 for k in ("pending", "running", "completed", "diverged", "stopped", "error")}
+    for r in records:
+        c[r.status] = c.get(r.status, 0.0) + 1
+    c["finished"] = c["completed"] + c["diverged"] + c["stopped"] + c["error"]
+    return c
+
+
+def rebuild(study: Study, records: Sequence[TrialRecord], *, tracker: Any = None) -> tuple[Views, dict[str, Path]]:
+    """Rewrite every view from the records read out of Tune storage."""
+    views = Views(study, tracker=tracker, retry_after_s=0.0)
+    views.start()
+    for r in records:
+        views.trial(r)
+    files = views.refresh_study(records)
+    if all(r.finished for r in records) and records:
+        views.finish("FINISHED")
+    return views, files
