@@ -17,7 +17,7 @@ $(BIN)/metatune: pyproject.toml
 venv: $(BIN)/metatune
 
 quickstart: venv
-	$(BIN)/metatune train configs/quickstart.yaml
+	$(BIN)/metatune run studies/quickstart.yaml
 
 test: venv
 	$(BIN)/python -m pytest -q -x --durations=15

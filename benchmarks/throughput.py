@@ -14,16 +14,18 @@ meta-parameters. Four implementations of that step, on the same initial paramete
 
 Each measurement: a first call (for ``compiled`` the compilation; reported as "first call"),
 ``--warmup`` more calls, then ``--repeats`` timings of ``--iterations`` outer steps each, of
-which the fastest is reported (the machines this runs on are shared). Batches are sampled up
-front (a pool of 8, cycled), so task sampling is not timed. Before timing, each method's
-gradient on the first batch is compared with the loop's (column "grad err": max relative error).
+which the fastest is reported (the machines this runs on are shared; the repeats of the four
+methods are interleaved so that each sees the same spells of load); ``--max-seconds`` lowers
+the count for slow methods (column "iters"). Batches are sampled up front (a pool of 8,
+cycled), so task sampling is not timed. Before timing, each method's gradient on the first
+batch is compared with the loop's (column "grad err": max relative error).
 
 By default Inductor compiles into a fresh, temporary cache, so "first call" of ``compiled`` is a
 cold compilation; ``--warm-cache`` (implied by ``--quick``) uses the user's cache instead.
 
     python benchmarks/throughput.py                          # 1 thread and all cores, CPU
     python benchmarks/throughput.py --device cpu,cuda        # also on the GPU
-    python benchmarks/throughput.py --quick                  # smoke test (seconds)
+    python benchmarks/throughput.py --quick                  # smoke test (under a minute)
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, default=None, help="timed outer steps per repeat (default 100; 3 with --quick)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats, fastest reported (default 3; 1 with --quick)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps after the first call (default 3; 1 with --quick)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="cap one repeat at about this long: fewer iterations (at least 3) for slow methods, "
+                        "estimated from the warm-up; the count used is reported (default: no cap)")
     p.add_argument("--threads", default=None, help="comma list of thread counts, 'all' = every core (default '1,all'; '1' with --quick)")
     p.add_argument("--device", default="cpu", help="comma list of cpu, cuda; 'auto' = cpu and cuda if available (default cpu)")
     p.add_argument("--steps", default=None, help="comma list of inner-step counts (default '1,5'; '1' with --quick)")
@@ -79,8 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for m in args.methods:
         if m not in METHODS:
             p.error(f"--methods: unknown method {m!r}")
-    if "loop" not in args.methods:
-        args.methods.insert(0, "loop")  # the reference of every ratio
+    args.methods = ["loop"] + [m for m in args.methods if m != "loop"]  # the reference of every ratio
     return args
 
 
@@ -263,13 +267,12 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(method: str, s: Setup, args: argparse.Namespace, ref_grads) -> dict:
-    import torch
-
+def prepare(method: str, s: Setup, args: argparse.Namespace, ref_grads) -> dict:
+    """Build ``method``, make its first call (for ``compiled`` the compilation), check its
+    gradient against the loop's, warm it up and fix its timed iteration count."""
     built = BUILDERS[method](s)
     step, grads = built[0], built[1]
     batches = s.batches
-    # First call: compilation for `compiled` (and the gradient check on the first batch).
     sync(s.device)
     t0 = time.perf_counter()
     g = grads(batches[0])
@@ -279,23 +282,29 @@ def measure(method: str, s: Setup, args: argparse.Namespace, ref_grads) -> dict:
         ref_grads = g
     err = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() for a, b in zip(g, ref_grads))
     fell_back = bool(method == "compiled" and getattr(built[2], "failed", False))
+    sync(s.device)
+    t0 = time.perf_counter()
     for i in range(args.warmup):
         step(batches[i % len(batches)])
-    times = []
-    for _ in range(args.repeats):
-        sync(s.device)
-        t0 = time.perf_counter()
-        for i in range(args.iterations):
-            step(batches[i % len(batches)])
-        sync(s.device)
-        times.append(time.perf_counter() - t0)
-    best = min(times)
+    sync(s.device)
+    iterations = args.iterations
+    if args.max_seconds is not None and args.warmup:
+        per_step = (time.perf_counter() - t0) / args.warmup
+        iterations = max(3, min(iterations, int(args.max_seconds / max(per_step, 1e-9))))
     return {
-        "method": method, "first_call_s": first_call, "grad_rel_err_vs_loop": err,
-        "seconds": best, "it_per_s": args.iterations / best,
-        "it_per_s_repeats": [args.iterations / t for t in times], "compile_fell_back": fell_back,
-        "_grads": g if method == "loop" else None,
+        "method": method, "first_call_s": first_call, "grad_rel_err_vs_loop": err, "iterations": iterations,
+        "compile_fell_back": fell_back, "_step": step, "_grads": g,
     }
+
+
+def time_once(r: dict, s: Setup) -> float:
+    step, batches = r["_step"], s.batches
+    sync(s.device)
+    t0 = time.perf_counter()
+    for i in range(r["iterations"]):
+        step(batches[i % len(batches)])
+    sync(s.device)
+    return time.perf_counter() - t0
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -311,19 +320,24 @@ def run(args: argparse.Namespace) -> dict:
             for steps in args.steps:
                 for order in args.orders:
                     s = Setup(steps, order == "first", device, args.meta_batch, args.seed)
-                    ref = None
-                    rows = []
-                    for method in args.methods:
-                        r = measure(method, s, args, ref)
-                        if method == "loop":
-                            ref = r.pop("_grads")
-                        else:
-                            r.pop("_grads")
-                        r.update(device=device, threads=n_threads, steps=steps, order=order)
-                        rows.append(r)
-                        print(f"  {device} threads={n_threads} steps={steps} {order:6s} {method:8s} "
+                    rows: list[dict] = []
+                    for method in args.methods:  # "loop" first: the reference gradient
+                        rows.append(prepare(method, s, args, rows[0]["_grads"] if rows else None))
+                    # Repeats interleave the methods, so each sees the same spells of load.
+                    times: dict[str, list[float]] = {r["method"]: [] for r in rows}
+                    for _ in range(args.repeats):
+                        for r in rows:
+                            times[r["method"]].append(time_once(r, s))
+                    for r in rows:
+                        del r["_step"], r["_grads"]
+                        t = times[r["method"]]
+                        r.update(
+                            device=device, threads=n_threads, steps=steps, order=order, seconds=min(t),
+                            it_per_s=r["iterations"] / min(t), it_per_s_repeats=[r["iterations"] / x for x in t],
+                        )
+                        print(f"  {device} threads={n_threads} steps={steps} {order:6s} {r['method']:8s} "
                               f"{r['it_per_s']:9.1f} it/s", file=sys.stderr, flush=True)
-                    loop = next(r for r in rows if r["method"] == "loop")
+                    loop = rows[0]
                     for r in rows:
                         r["ratio_vs_loop"] = r["it_per_s"] / loop["it_per_s"]
                     results.extend(rows)
@@ -350,7 +364,8 @@ def environment(args: argparse.Namespace, default_threads: int) -> dict:
         "setup": {
             "task": "Sine(protocol='maml', shots=10)", "model": "MLP 1-40-40-1 relu", "meta_batch": args.meta_batch,
             "inner_lr": INNER_LR, "outer": f"Adam(lr={OUTER_LR})", "dtype": "float32",
-            "iterations": args.iterations, "repeats": args.repeats, "warmup": args.warmup,
+            "iterations": args.iterations, "max_seconds": args.max_seconds, "repeats": args.repeats,
+            "warmup": args.warmup,
         },
     }
 
@@ -368,14 +383,14 @@ def _cpu_model() -> str:
 def table(res: dict) -> str:
     rows = res["results"]
     head = (f"{'device':6s} {'threads':>7s} {'steps':>5s} {'order':6s} {'method':8s} {'it/s':>9s} "
-            f"{'x loop':>7s} {'first call s':>12s} {'grad err':>9s}")
+            f"{'x loop':>7s} {'first call s':>12s} {'grad err':>9s} {'iters':>5s}")
     lines = [head, "-" * len(head)]
     for r in rows:
         note = "  (compile failed: uncompiled)" if r["compile_fell_back"] else ""
         lines.append(
             f"{r['device']:6s} {r['threads']:>7d} {r['steps']:>5d} {r['order']:6s} {r['method']:8s} "
             f"{r['it_per_s']:9.1f} {r['ratio_vs_loop']:7.2f} {r['first_call_s']:12.2f} "
-            f"{r['grad_rel_err_vs_loop']:9.1e}{note}"
+            f"{r['grad_rel_err_vs_loop']:9.1e} {r['iterations']:5d}{note}"
         )
     return "\n".join(lines)
 
@@ -397,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# metatune throughput: {m['setup']['task']}, {m['setup']['model']}, meta-batch {m['setup']['meta_batch']}, "
           f"{m['setup']['outer']} | torch {m['torch']}, higher {m['higher']}, Python {m['python']}")
     print(f"# {m['processor']}, {m['cpu_count']} CPUs | {m['date']} | inductor cache: {m['inductor_cache']} | "
-          f"best of {args.repeats} x {args.iterations} iterations")
+          f"best of {args.repeats} repeats of {args.iterations} iterations"
+          + (f" (fewer where one repeat would exceed {args.max_seconds:g} s)" if args.max_seconds else ""))
     print(table(res))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

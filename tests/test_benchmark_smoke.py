@@ -24,8 +24,8 @@ def test_throughput_quick(root, tmp_path):
     assert seen == {(order, m) for order in ("second", "first") for m in METHODS}, proc.stdout
     for r in rows:
         assert r[1] == "1" and r[2] == "1"
-        it_per_s, ratio, first_call, err = map(float, r[5:9])
-        assert it_per_s > 0 and ratio > 0 and first_call >= 0
+        it_per_s, ratio, first_call, err, iters = map(float, r[5:10])
+        assert it_per_s > 0 and ratio > 0 and first_call >= 0 and iters == 3
         assert err < 1e-4, f"{r[3]} {r[4]}: gradient differs from the loop's ({err:.1e})"
         assert "compile failed" not in " ".join(r)
         if r[4] == "loop":

@@ -25,8 +25,10 @@ RAY = BIN / "ray"
 
 pytestmark = [
     pytest.mark.slow,  # about 2 minutes: two `ray start`, an mlflow server, a study
-    pytest.mark.skipif(not RAY.exists() or not Path("/proc").is_dir(),
-                       reason="needs the ray CLI beside this Python and Linux /proc"),
+    pytest.mark.skipif(
+        not RAY.exists() or not Path("/proc").is_dir(),
+        reason="needs the ray CLI beside this Python and Linux /proc",
+    ),
 ]
 
 
@@ -38,8 +40,12 @@ def _free_port() -> int:
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1",
-               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env.update(
+        RAY_AUTH_MODE="disabled",
+        RAY_USAGE_STATS_ENABLED="0",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+    )
     return env
 
 
@@ -80,7 +86,11 @@ def _kill(pids: set[int]) -> None:
             except (ProcessLookupError, PermissionError):
                 pass
         deadline = time.monotonic() + 10
-        while sig == signal.SIGTERM and time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        while (
+            sig == signal.SIGTERM
+            and time.monotonic() < deadline
+            and any(Path(f"/proc/{p}").exists() for p in pids)
+        ):
             time.sleep(0.2)
 
 
@@ -91,10 +101,28 @@ def cluster():
     env = _env()
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats"]
     try:
-        subprocess.run([str(RAY), "start", "--head", f"--port={port}", "--include-dashboard=false",
-                        f"--temp-dir={temp_dir}", *common], env=env, check=True, capture_output=True, timeout=120)
-        subprocess.run([str(RAY), "start", f"--address=127.0.0.1:{port}", *common], env=env, check=True,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                str(RAY),
+                "start",
+                "--head",
+                f"--port={port}",
+                "--include-dashboard=false",
+                f"--temp-dir={temp_dir}",
+                *common,
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        subprocess.run(
+            [str(RAY), "start", f"--address=127.0.0.1:{port}", *common],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         yield {"address": f"127.0.0.1:{port}", "temp_dir": temp_dir}
     finally:
         _kill(_ray_pids(temp_dir))
@@ -106,10 +134,26 @@ def mlflow_server(tmp_path):
     port = _free_port()
     log = open(tmp_path / "mlflow.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/server.db",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=_env(),
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -136,9 +180,16 @@ def mlflow_server(tmp_path):
 
 def test_study_on_two_node_cluster_with_mlflow_server(cluster, mlflow_server, tmp_path):
     nodes = subprocess.run(
-        [sys.executable, "-c", "import ray; ray.init(address=%r, log_to_driver=False); "
-         "print(sum(n['Alive'] for n in ray.nodes()))" % cluster["address"]],
-        env=_env(), capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            "import ray; ray.init(address=%r, log_to_driver=False); "
+            "print(sum(n['Alive'] for n in ray.nodes()))" % cluster["address"],
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert nodes.stdout.strip().splitlines()[-1] == "2", nodes.stderr[-2000:]
     study = {
@@ -155,9 +206,22 @@ def test_study_on_two_node_cluster_with_mlflow_server(cluster, mlflow_server, tm
     path = tmp_path / "cluster.yaml"
     path.write_text(yaml.safe_dump(study))
     run = subprocess.run(
-        [str(BIN / "metatune"), "run", str(path), "--address", cluster["address"], "--tracking-uri", mlflow_server,
-         "--progress-every", "10"],
-        env=_env(), capture_output=True, text=True, timeout=420, cwd=tmp_path,
+        [
+            str(BIN / "metatune"),
+            "run",
+            str(path),
+            "--address",
+            cluster["address"],
+            "--tracking-uri",
+            mlflow_server,
+            "--progress-every",
+            "10",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=420,
+        cwd=tmp_path,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "2/2 done" in run.stdout and mlflow_server in run.stdout

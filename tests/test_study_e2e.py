@@ -29,8 +29,14 @@ STUDY = {
     "trials": 4,
     "max_concurrent_trials": 2,
     "resources": {"cpus": 1},
-    "training": {"iterations": 30, "meta_batch": 2, "eval_every": 15, "log_every": 5, "val_tasks": 10,
-                 "checkpoint_every": 15},
+    "training": {
+        "iterations": 30,
+        "meta_batch": 2,
+        "eval_every": 15,
+        "log_every": 5,
+        "val_tasks": 10,
+        "checkpoint_every": 15,
+    },
     "evaluation": {"tasks": 20, "shots": [5, 10], "inner_steps": 2, "lr_scales": [0.5, 1.0, 2.0]},
     "table": {"rows": "best"},
 }
@@ -69,10 +75,10 @@ def test_study_runs_to_completion(finished_study, capsys):
     study, records = _records(finished_study["dir"])
     assert len(records) == 4
     assert {r.status for r in records} == {"completed"}
-    assert {r.learner for r in records} <= {"maml", "metasgd"}
+    assert {r.learner for r in records} == {"maml", "metasgd"}  # learners_first: each learner is tried
     for r in records:
         assert 1e-3 <= r.params["inner_lr"] <= 0.5
-        assert (("metasgd.alpha_init" in r.params) == (r.learner == "metasgd"))  # conditional branch
+        assert ("metasgd.alpha_init" in r.params) == (r.learner == "metasgd")  # conditional branch
         assert r.objective is not None and r.test_loss is not None
         assert r.run_config["learner"]["inner_lr"] == r.params["inner_lr"]
         assert r.curves["shots"] == [5, 10] and len(r.curves["loss_by_step"]) == 3
@@ -150,7 +156,9 @@ def test_report_rebuilds_without_duplicates(finished_study, capsys):
     assert study.parquet_path.is_file()
     client, parents, after = _mlflow_runs(study)
     assert len(parents) == 1 and len(after) == len(before)
-    assert {c.info.run_id: len(client.get_metric_history(c.info.run_id, "train_loss")) for c in after} == counts
+    assert {
+        c.info.run_id: len(client.get_metric_history(c.info.run_id, "train_loss")) for c in after
+    } == counts
     assert main(["status", str(finished_study["dir"])]) == 0
     out = capsys.readouterr().out
     assert "4/4 done" in out

@@ -78,10 +78,17 @@ BAD = [
     ("search_space.params.inner_lr", {"lo": 0.1}, "search_space.params.inner_lr.lo"),
     ("search_space.params.inner_lr", 0.01, "search_space.params.inner_lr"),
     ("search_space.params.bogus", {}, "search_space.params.bogus"),
-    ("search_space.per_learner.maml", {"mask_temperature": {}}, "search_space.per_learner.maml.mask_temperature"),
+    (
+        "search_space.per_learner.maml",
+        {"mask_temperature": {}},
+        "search_space.per_learner.maml.mask_temperature",
+    ),
     ("search_space.per_learner.nope", {}, "search_space.per_learner.nope"),
-    ("search_space.params.outer_lr", {"low": 1e-4, "high": 1e-2, "log": True, "step": 1e-4},
-     "search_space.params.outer_lr.step"),
+    (
+        "search_space.params.outer_lr",
+        {"low": 1e-4, "high": 1e-2, "log": True, "step": 1e-4},
+        "search_space.params.outer_lr.step",
+    ),
 ]
 
 
@@ -147,8 +154,12 @@ def test_cli_rejects_before_ray_starts(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert str(f) in err[0] and "search_space.params.inner_lr.high" in err[0] and "Traceback" not in err[0]
-    for cmd in (["status", str(tmp_path / "nowhere")], ["resume", str(tmp_path / "nowhere")],
-                ["export", str(tmp_path / "nowhere")], ["report", str(tmp_path / "nowhere")]):
+    for cmd in (
+        ["status", str(tmp_path / "nowhere")],
+        ["resume", str(tmp_path / "nowhere")],
+        ["export", str(tmp_path / "nowhere")],
+        ["report", str(tmp_path / "nowhere")],
+    ):
         assert main(cmd) == 2
     f.write_text("name: [unclosed\n")
     assert main(["run", str(f)]) == 2

@@ -10,16 +10,25 @@ import yaml
 
 from metatune.config import parse_config
 from metatune.errors import CheckpointError
-from metatune.study.export import best_trials, export_best, summary_table, trainable_config
+from metatune.study.export import (
+    best_trials,
+    export_best,
+    summary_table,
+    trainable_config,
+)
 from metatune.study.published import PUBLISHED
 from metatune.study.records import final_payload, intermediate_payload, record_from_tune
 from metatune.study.results import read_trials, write_trials
 from metatune.study.table import build_table
 
 RUN = {
-    "seed": 0, "task": {"name": "sine", "protocol": "metasgd", "shots": 10},
-    "learner": {"name": "maml", "inner_lr": 0.01}, "training": {"iterations": 20, "eval_every": 10},
-    "evaluation": {"tasks": 10}, "device": "cuda", "gpu_memory_fraction": 0.5,
+    "seed": 0,
+    "task": {"name": "sine", "protocol": "metasgd", "shots": 10},
+    "learner": {"name": "maml", "inner_lr": 0.01},
+    "training": {"iterations": 20, "eval_every": 10},
+    "evaluation": {"tasks": 10},
+    "device": "cuda",
+    "gpu_memory_fraction": 0.5,
 }
 
 
@@ -31,27 +40,56 @@ def _train_result(status="completed", loss=0.5, iterations=20):
     evaluation = None
     if status == "completed":
         evaluation = {
-            "split": "test", "tasks": 600,
-            "by_shots": {str(k): {"shots": k, "steps": 1, "loss": _summary(loss * 10 / k),
-                                  "loss_by_step": [_summary(3.0), _summary(loss * 10 / k)], "accuracy": None}
-                         for k in (5, 10, 20)},
-            "lr_scale_curve": {"0.5": _summary(loss * 1.2), "1.0": _summary(loss), "10.0": _summary(math.inf, math.inf, 3)},
+            "split": "test",
+            "tasks": 600,
+            "by_shots": {
+                str(k): {
+                    "shots": k,
+                    "steps": 1,
+                    "loss": _summary(loss * 10 / k),
+                    "loss_by_step": [_summary(3.0), _summary(loss * 10 / k)],
+                    "accuracy": None,
+                }
+                for k in (5, 10, 20)
+            },
+            "lr_scale_curve": {
+                "0.5": _summary(loss * 1.2),
+                "1.0": _summary(loss),
+                "10.0": _summary(math.inf, math.inf, 3),
+            },
         }
     return {
-        "status": status, "iterations": iterations, "seed": 0, "wall_time_s": 1.5,
-        "diverged_at": None if status == "completed" else 13, "last_finite_loss": 2.5,
-        "config": RUN, "history": [{"iteration": 10, "train_loss": 2.0, "val_loss": 1.0},
-                                   {"iteration": 20, "train_loss": float("nan")}],
+        "status": status,
+        "iterations": iterations,
+        "seed": 0,
+        "wall_time_s": 1.5,
+        "diverged_at": None if status == "completed" else 13,
+        "last_finite_loss": 2.5,
+        "config": RUN,
+        "history": [
+            {"iteration": 10, "train_loss": 2.0, "val_loss": 1.0},
+            {"iteration": 20, "train_loss": float("nan")},
+        ],
         "evaluation": evaluation,
     }
 
 
 def _record(tid, learner, alpha, status="completed", loss=0.5, objective=None, tune_status="TERMINATED"):
     result = _train_result(status, loss)
-    payload = final_payload(result, metric="val_loss", penalty=1e6,
-                            validation={"val_loss": objective if objective is not None else loss})
-    return record_from_tune(tid, {"learner": learner, "inner_lr": alpha}, tune_status, payload,
-                            run_config={**RUN, "learner": {"name": learner, "inner_lr": alpha}}, metric="val_loss")
+    payload = final_payload(
+        result,
+        metric="val_loss",
+        penalty=1e6,
+        validation={"val_loss": objective if objective is not None else loss},
+    )
+    return record_from_tune(
+        tid,
+        {"learner": learner, "inner_lr": alpha},
+        tune_status,
+        payload,
+        run_config={**RUN, "learner": {"name": learner, "inner_lr": alpha}},
+        metric="val_loss",
+    )
 
 
 def _no_nan(obj):
@@ -76,20 +114,32 @@ def test_payloads_are_always_finite():
     for p in (diverged, done):
         _no_nan(p)
         json.dumps(p, allow_nan=False)
-    mid = intermediate_payload({"iteration": 10, "train_loss": 1.0, "val_loss": float("inf")}, metric="val_loss",
-                               penalty=1e6)
+    mid = intermediate_payload(
+        {"iteration": 10, "train_loss": 1.0, "val_loss": float("inf")}, metric="val_loss", penalty=1e6
+    )
     assert mid["val_loss"] == 1e6 and mid["val_nonfinite"] == 1.0
 
 
 def test_record_statuses():
     assert _record("a", "maml", 0.01).status == "completed"
     assert _record("b", "maml", 10.0, status="diverged").status == "diverged"
-    stopped = record_from_tune("c", {"learner": "maml", "inner_lr": 1.0}, "TERMINATED",
-                               {"val_loss": 3.0, "iteration": 10}, run_config=RUN, metric="val_loss")
+    stopped = record_from_tune(
+        "c",
+        {"learner": "maml", "inner_lr": 1.0},
+        "TERMINATED",
+        {"val_loss": 3.0, "iteration": 10},
+        run_config=RUN,
+        metric="val_loss",
+    )
     assert stopped.status == "stopped" and stopped.objective == 3.0
-    err = record_from_tune("d", {"learner": "maml"}, "ERROR", None, run_config=RUN, metric="val_loss", error="boom")
+    err = record_from_tune(
+        "d", {"learner": "maml"}, "ERROR", None, run_config=RUN, metric="val_loss", error="boom"
+    )
     assert err.status == "error" and err.finished
-    assert record_from_tune("e", {"learner": "maml"}, "RUNNING", {}, run_config=RUN, metric="val_loss").status == "running"
+    assert (
+        record_from_tune("e", {"learner": "maml"}, "RUNNING", {}, run_config=RUN, metric="val_loss").status
+        == "running"
+    )
 
 
 def test_step_size_table_with_published_numbers_and_divergence():
@@ -99,14 +149,21 @@ def test_step_size_table_with_published_numbers_and_divergence():
         _record("t3", "mtnet", 0.01, loss=0.5),
         _record("t4", "mtnet", 10.0, loss=4.0),
     ]
-    table = build_table(records, rows="inner_lr", learners=["maml", "tnet", "mtnet"],
-                        published=PUBLISHED["mtnet_table_6_2"], title="Table 6.2")
+    table = build_table(
+        records,
+        rows="inner_lr",
+        learners=["maml", "tnet", "mtnet"],
+        published=PUBLISHED["mtnet_table_6_2"],
+        title="Table 6.2",
+    )
     assert table.rows == [10.0, 1.0, 0.1, 0.01, 0.001, 0.0001]  # published rows shown, largest first
     assert table.cell(10.0, "maml").text() == "diverged"
     assert table.cell(0.01, "mtnet").text() == "0.50 ± 0.10"
     assert table.cell(0.01, "mtnet").published == (0.49, 0.05)
     md = table.to_markdown()
-    assert "| inner_lr | maml | maml (published) | tnet | tnet (published) | mtnet | mtnet (published) |" in md
+    assert (
+        "| inner_lr | maml | maml (published) | tnet | tnet (published) | mtnet | mtnet (published) |" in md
+    )
     assert "| 10 | diverged | 171.92 ± 25.04 |" in md
     csv_lines = table.to_csv().splitlines()
     assert csv_lines[0].startswith("inner_lr,learner,test_loss_mean")
@@ -114,17 +171,29 @@ def test_step_size_table_with_published_numbers_and_divergence():
 
 
 def test_table_best_rows_pick_the_best_objective():
-    records = [_record("a", "maml", 0.01, loss=0.9, objective=0.9), _record("b", "maml", 0.1, loss=0.6, objective=0.5),
-               _record("c", "maml", 1.0, status="diverged")]
+    records = [
+        _record("a", "maml", 0.01, loss=0.9, objective=0.9),
+        _record("b", "maml", 0.1, loss=0.6, objective=0.5),
+        _record("c", "maml", 1.0, status="diverged"),
+    ]
     table = build_table(records, rows="best", learners=["maml"])
     cell = table.cell("best", "maml")
     assert cell.trial_id == "b" and cell.trials == 3
 
 
 def test_parquet_round_trip_and_corrupt_file(tmp_path):
-    records = [_record("a", "maml", 0.01), _record("b", "maml", 10.0, status="diverged"),
-               record_from_tune("c", {"learner": "maml", "mtnet.mask_temperature": 2.0}, "RUNNING", {}, run_config=RUN,
-                                metric="val_loss")]
+    records = [
+        _record("a", "maml", 0.01),
+        _record("b", "maml", 10.0, status="diverged"),
+        record_from_tune(
+            "c",
+            {"learner": "maml", "mtnet.mask_temperature": 2.0},
+            "RUNNING",
+            {},
+            run_config=RUN,
+            metric="val_loss",
+        ),
+    ]
     path = write_trials(records, tmp_path / "trials.parquet", study="s", metric="val_loss")
     rows = read_trials(path)
     assert [r["trial_id"] for r in rows] == ["a", "b", "c"]
@@ -139,8 +208,12 @@ def test_parquet_round_trip_and_corrupt_file(tmp_path):
 
 
 def test_export_writes_trainable_configs(tmp_path):
-    records = [_record("a", "maml", 0.01, objective=0.8), _record("b", "maml", 0.1, objective=0.3),
-               _record("c", "maml", 10.0, status="diverged"), _record("d", "metasgd", 0.01, objective=0.5)]
+    records = [
+        _record("a", "maml", 0.01, objective=0.8),
+        _record("b", "maml", 0.1, objective=0.3),
+        _record("c", "maml", 10.0, status="diverged"),
+        _record("d", "metasgd", 0.01, objective=0.5),
+    ]
     assert [r.trial_id for r in best_trials(records, mode="min", top_k=2)["maml"]] == ["b", "a"]
     written = export_best(records, tmp_path, study="s", metric="val_loss", mode="min", top_k=2)
     assert sorted(p.path.name for p in written) == ["maml.yaml", "maml_rank2.yaml", "metasgd.yaml"]

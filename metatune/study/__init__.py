@@ -12,6 +12,13 @@ from metatune.study.search_space import Param, SearchSpace, parse_search_space
 from metatune.study.spec import Study, StudySpec, load_study, open_study, parse_study
 
 __all__ = [
-    "Param", "SearchSpace", "Study", "StudySpec", "TrialRecord", "load_study", "open_study", "parse_search_space",
+    "Param",
+    "SearchSpace",
+    "Study",
+    "StudySpec",
+    "TrialRecord",
+    "load_study",
+    "open_study",
+    "parse_search_space",
     "parse_study",
 ]

@@ -48,7 +48,12 @@ class Tracker:
     """MLflow views of one study. Creates nothing until first used."""
 
     def __init__(
-        self, uri: str, experiment: str, *, study: str, artifact_location: str | None = None,
+        self,
+        uri: str,
+        experiment: str,
+        *,
+        study: str,
+        artifact_location: str | None = None,
     ) -> None:
         self.uri = uri
         self.experiment = experiment
@@ -75,7 +80,8 @@ class Tracker:
             exp = self.client.get_experiment_by_name(self.experiment)
             if exp is None:
                 self._exp_id = self.client.create_experiment(
-                    self.experiment, artifact_location=self.artifact_location,
+                    self.experiment,
+                    artifact_location=self.artifact_location,
                     # shown under "Model training" (not GenAI) in the MLflow 3 UI
                     tags={"mlflow.experimentKind": "custom_model_development", TAG_STUDY: self.study},
                 )
@@ -112,7 +118,7 @@ class Tracker:
             steps.add(step)
             batch.append(Metric(key, float(value), now, int(step)))
         for i in range(0, len(batch), 900):
-            self.client.log_batch(run_id, metrics=batch[i:i + 900])
+            self.client.log_batch(run_id, metrics=batch[i : i + 900])
 
     def _known_steps(self, run_id: str, key: str) -> set[int]:
         if (run_id, key) not in self._steps:
@@ -127,7 +133,7 @@ class Tracker:
 
         items = [Param(k[:250], str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i:i + 100])
+            self.client.log_batch(run_id, params=items[i : i + 100])
 
     # ------------------------------------------------------------------ parent
     def start(self, frozen_study: Mapping[str, Any], *, description: str = "") -> str:
@@ -138,7 +144,8 @@ class Tracker:
             self.client.update_run(self.parent_id, status="RUNNING")
         else:
             run = self.client.create_run(
-                self.experiment_id(), run_name=self.study,
+                self.experiment_id(),
+                run_name=self.study,
                 tags={TAG_STUDY: self.study, TAG_ROLE: "parent", _NOTE: description or f"study {self.study}"},
             )
             self.parent_id = run.info.run_id
@@ -184,25 +191,35 @@ class Tracker:
         if record.trial_id in runs:
             return runs[record.trial_id]["run_id"]
         run = self.client.create_run(
-            self.experiment_id(), run_name=record.name,
+            self.experiment_id(),
+            run_name=record.name,
             tags={
-                _PARENT_TAG: self.parent_id, TAG_STUDY: self.study, TAG_ROLE: "trial", TAG_TRIAL: record.trial_id,
-                "metatune.learner": record.learner, TAG_STATUS: record.status,
+                _PARENT_TAG: self.parent_id,
+                TAG_STUDY: self.study,
+                TAG_ROLE: "trial",
+                TAG_TRIAL: record.trial_id,
+                "metatune.learner": record.learner,
+                TAG_STATUS: record.status,
             },
         )
         rid = run.info.run_id
         self._created.add(rid)
         runs[record.trial_id] = {"run_id": rid, "tags": {}}
         params = {**{k: v for k, v in record.params.items()}, **_flatten(record.run_config, "config.")}
-        self._params(rid, {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in params.items()})
+        self._params(
+            rid, {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in params.items()}
+        )
         return rid
 
     def log_progress(self, record: TrialRecord, metrics: Mapping[str, float]) -> None:
         """A periodic report of a running trial (step = training iteration)."""
         rid = self._child(record)
         step = int(metrics.get("iteration", 0))
-        keep = [(k, float(v), step) for k, v in metrics.items()
-                if k in ("train_loss", "val_loss", "val_loss_ci95", "val_accuracy") or k.startswith("stats/")]
+        keep = [
+            (k, float(v), step)
+            for k, v in metrics.items()
+            if k in ("train_loss", "val_loss", "val_loss_ci95", "val_accuracy") or k.startswith("stats/")
+        ]
         self._log(rid, keep)
 
     def is_final(self, record: TrialRecord) -> bool:
@@ -212,7 +229,9 @@ class Tracker:
         tags = run["tags"]
         return tags.get(TAG_FINAL) == "1" and tags.get(TAG_STATUS) == record.status
 
-    def log_trial(self, record: TrialRecord, *, plot: Path | None = None, files: Mapping[str, Path] = {}) -> str:
+    def log_trial(
+        self, record: TrialRecord, *, plot: Path | None = None, files: Mapping[str, Path] = {}
+    ) -> str:
         """Everything about a trial; for a finished one, also the robustness curves, artifacts and
         its terminal status."""
         rid = self._child(record)
@@ -234,11 +253,16 @@ class Tracker:
             points.append(("robust/loss_vs_lr_scale_index", v, i))
             points.append((f"robust/loss_at_lr_scale_{scale:g}", v, 0))
         finals = {
-            "objective": record.objective, "test_loss": record.test_loss, "test_loss_ci95": record.test_loss_ci95,
-            "test_accuracy": record.test_accuracy, "test_accuracy_ci95": record.test_accuracy_ci95,
+            "objective": record.objective,
+            "test_loss": record.test_loss,
+            "test_loss_ci95": record.test_loss_ci95,
+            "test_accuracy": record.test_accuracy,
+            "test_accuracy_ci95": record.test_accuracy_ci95,
             "diverged": 1.0 if record.status == "diverged" else (0.0 if record.finished else None),
-            "diverged_at": record.diverged_at, "last_finite_loss": record.last_finite_loss,
-            "wall_time_s": record.wall_time_s, "iterations": record.iteration,
+            "diverged_at": record.diverged_at,
+            "last_finite_loss": record.last_finite_loss,
+            "wall_time_s": record.wall_time_s,
+            "iterations": record.iteration,
         }
         if record.finished:
             points += [(k, v, 0) for k, v in finals.items() if v is not None]
@@ -265,5 +289,17 @@ class Tracker:
 
 def ui_command(uri: str, *, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
     """``mlflow server`` for a study's store, bound to loopback unless asked otherwise."""
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
-            "--port", str(port), "--workers", "1"]
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]

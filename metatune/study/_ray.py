@@ -26,7 +26,12 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
 from metatune.errors import ConfigError  # noqa: E402
-from metatune.study.records import TrialRecord, final_payload, intermediate_payload, record_from_tune  # noqa: E402
+from metatune.study.records import (  # noqa: E402
+    TrialRecord,
+    final_payload,
+    intermediate_payload,
+    record_from_tune,
+)
 from metatune.study.spec import FROZEN_FILE, TUNE_NAME, Study, parse_study  # noqa: E402
 
 __all__ = ["can_resume", "init_ray", "read_records", "run_study", "shutdown_ray"]
@@ -68,7 +73,9 @@ def _run_trial(frozen: dict[str, Any], config: dict[str, Any]) -> None:
             validation = {k: last[k] for k in ("val_loss", "val_loss_ci95", "val_accuracy") if k in last}
         else:
             validation = trainer.validate()
-    tune.report(final_payload(result.to_dict(), metric=study.metric, penalty=study.penalty, validation=validation))
+    tune.report(
+        final_payload(result.to_dict(), metric=study.metric, penalty=study.penalty, validation=validation)
+    )
 
 
 def make_trainable(study: Study) -> Any:
@@ -100,7 +107,9 @@ def _error_text(trial: Any) -> str | None:
     return "trial failed" + (f" (see {msg})" if msg else "")
 
 
-def _record(study: Study, trial: Any, *, status: str | None = None, result: dict | None = None) -> TrialRecord | None:
+def _record(
+    study: Study, trial: Any, *, status: str | None = None, result: dict | None = None
+) -> TrialRecord | None:
     config = dict(trial.config or {})
     if "learner" not in config:
         return None  # not yet suggested
@@ -111,8 +120,12 @@ def _record(study: Study, trial: Any, *, status: str | None = None, result: dict
     tune_status = status or trial.status
     md = getattr(trial, "run_metadata", None)
     return record_from_tune(
-        trial.trial_id, config, tune_status, result if result is not None else trial.last_result,
-        run_config=run_config, metric=study.metric,
+        trial.trial_id,
+        config,
+        tune_status,
+        result if result is not None else trial.last_result,
+        run_config=run_config,
+        metric=study.metric,
         num_failures=int(getattr(md, "num_failures", 0) or 0),
         error=_error_text(trial) if tune_status == "ERROR" else None,
     )
@@ -129,8 +142,10 @@ def _guarded(method: Any) -> Any:
         try:
             method(self, *args, **kwargs)
         except Exception:  # noqa: BLE001
-            log.exception("metatune: updating the study views failed (the study goes on; "
-                          "`metatune report` rebuilds them)")
+            log.exception(
+                "metatune: updating the study views failed (the study goes on; "
+                "`metatune report` rebuilds them)"
+            )
 
     wrapper.__name__ = method.__name__
     return wrapper
@@ -194,26 +209,40 @@ def build_tuner(study: Study, trainable: Any) -> Any:
     from metatune.study.sampler import make_sampler
 
     s = study.spec
-    sampler = make_sampler(s.sampler.name, seed=study.sampler_seed, space=study.space,
-                           startup_trials=s.sampler.startup_trials)
-    searcher = OptunaSearch(space=study.space, metric=study.metric, mode=study.mode, sampler=sampler)
+    sampler = make_sampler(
+        s.sampler.name, seed=study.sampler_seed, space=study.space, startup_trials=s.sampler.startup_trials
+    )
+    searcher = OptunaSearch(
+        space=study.space,
+        metric=study.metric,
+        mode=study.mode,
+        sampler=sampler,
+        points_to_evaluate=study.initial_points or None,
+    )
     scheduler = None
     if s.scheduler.name == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
         scheduler = ASHAScheduler(
-            time_attr="iteration", max_t=s.scheduler.max_t or s.training.iterations,
+            time_attr="iteration",
+            max_t=s.scheduler.max_t or s.training.iterations,
             grace_period=s.scheduler.grace_period or s.training.eval_every,
             reduction_factor=s.scheduler.reduction_factor,
         )
     tune_config = tune.TuneConfig(
-        metric=study.metric, mode=study.mode, search_alg=searcher, scheduler=scheduler,
-        num_samples=study.num_trials, max_concurrent_trials=s.max_concurrent_trials,
-        trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname,
+        metric=study.metric,
+        mode=study.mode,
+        search_alg=searcher,
+        scheduler=scheduler,
+        num_samples=study.num_trials,
+        max_concurrent_trials=s.max_concurrent_trials,
+        trial_name_creator=_trial_name,
+        trial_dirname_creator=_trial_dirname,
         reuse_actors=True,  # a new trial skips the worker start-up (torch import) when it can
     )
     run_config = tune.RunConfig(
-        name=TUNE_NAME, storage_path=study.tune_root,
+        name=TUNE_NAME,
+        storage_path=study.tune_root,
         failure_config=tune.FailureConfig(max_failures=s.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         callbacks=[StudyCallback(str(study.dir)), JsonLoggerCallback(), CSVLoggerCallback()],
@@ -226,15 +255,23 @@ def can_resume(study: Study) -> bool:
     return bool(tune.Tuner.can_restore(study.tune_path))
 
 
-def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
-             verbose: bool = False) -> None:
+def init_ray(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    verbose: bool = False,
+) -> None:
     """A private local instance (``address="local"``: never a cluster an earlier ``ray start``
     left behind) unless an address is given."""
     _quiet_libraries(verbose)
     if ray.is_initialized():
         return
-    common: dict[str, Any] = dict(include_dashboard=False, log_to_driver=verbose,
-                                  logging_level=logging.INFO if verbose else logging.WARNING)
+    common: dict[str, Any] = dict(
+        include_dashboard=False,
+        log_to_driver=verbose,
+        logging_level=logging.INFO if verbose else logging.WARNING,
+    )
     if address in (None, "", "local"):
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **common)
     else:
@@ -264,8 +301,9 @@ def run_study(study: Study, monitor: Any, *, resume: bool = False) -> dict[str, 
     _MONITORS[key] = monitor
     try:
         if resume and can_resume(study):
-            tuner = tune.Tuner.restore(study.tune_path, trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
+            tuner = tune.Tuner.restore(
+                study.tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True
+            )
         else:
             tuner = build_tuner(study, trainable)
         grid = tuner.fit()

@@ -25,7 +25,9 @@ __all__ = ["register_commands"]
 def _tracker(study: Any) -> Any:
     from metatune.study._mlflow import Tracker
 
-    return Tracker(study.tracking_uri, study.experiment, study=study.name, artifact_location=study.artifact_location)
+    return Tracker(
+        study.tracking_uri, study.experiment, study=study.name, artifact_location=study.artifact_location
+    )
 
 
 def _same_study(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -46,9 +48,13 @@ def _execute(study: Any, args: argparse.Namespace, *, resume: bool) -> int:
     from metatune.study.report import Views
 
     s = study.spec
-    print(f"study '{study.name}': {study.num_trials} trials of {', '.join(study.learners)} "
-          f"(sampler {s.sampler.name}, scheduler {s.scheduler.name}, objective {study.metric} {study.mode}, "
-          f"{s.resources.cpus:g} CPU" + (f" + {s.resources.gpus:g} GPU" if s.resources.gpus else "") + " per trial)")
+    print(
+        f"study '{study.name}': {study.num_trials} trials of {', '.join(study.learners)} "
+        f"(sampler {s.sampler.name}, scheduler {s.scheduler.name}, objective {study.metric} {study.mode}, "
+        f"{s.resources.cpus:g} CPU"
+        + (f" + {s.resources.gpus:g} GPU" if s.resources.gpus else "")
+        + " per trial)"
+    )
     print(f"  folder {study.dir}\n  MLflow {study.tracking_uri} (experiment '{study.experiment}')")
     views = Views(study, tracker=None if args.no_mlflow else _tracker(study))
     views.start()
@@ -83,8 +89,10 @@ def _execute(study: Any, args: argparse.Namespace, *, resume: bool) -> int:
     else:
         print("  best configs: none yet (no trial completed)")
     if views.mlflow_errors:
-        print(f"  note: MLflow failed {views.mlflow_errors} time(s) ({views.last_error}); "
-              f"`metatune report {study.dir}` restores the runs")
+        print(
+            f"  note: MLflow failed {views.mlflow_errors} time(s) ({views.last_error}); "
+            f"`metatune report {study.dir}` restores the runs"
+        )
     if state != "finished":
         print(f"\nstudy interrupted: `metatune resume {study.dir}` finishes it")
         return 130 if interrupted else 1
@@ -101,15 +109,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     if frozen.is_file():
         if args.overwrite:
             if is_uri(study.tune_root):
-                raise ConfigError("--overwrite", f"will not delete remote storage {study.tune_root}; remove it yourself")
+                raise ConfigError(
+                    "--overwrite", f"will not delete remote storage {study.tune_root}; remove it yourself"
+                )
             shutil.rmtree(study.dir)
         elif _same_study(read_yaml(frozen), study.frozen()):
-            print(f"study '{study.name}' already exists in {study.dir}: resuming it (--overwrite starts afresh)")
+            print(
+                f"study '{study.name}' already exists in {study.dir}: resuming it (--overwrite starts afresh)"
+            )
             resume = True
         else:
             raise ConfigError(
-                "<study>", f"a different study named '{study.name}' already ran in {study.dir}; "
-                f"`metatune resume {study.dir}` continues that one, --overwrite deletes it, or rename this study",
+                "<study>",
+                f"a different study named '{study.name}' already ran in {study.dir}; "
+                f"`metatune resume {study.dir}` continues that one, --overwrite deletes it, "
+                "or rename this study",
                 source=args.study,
             )
     study.write_frozen()
@@ -137,19 +151,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"study '{study.name}' in {study.dir}")
     if driver:
         age = time.time() - float(driver.get("updated", 0))
-        print(f"driver: {driver.get('state')} (pid {driver.get('pid')} on {driver.get('host')}, "
-              f"last update {age:.0f} s ago)")
+        print(
+            f"driver: {driver.get('state')} (pid {driver.get('pid')} on {driver.get('host')}, "
+            f"last update {age:.0f} s ago)"
+        )
+        if driver.get("state") == "running":
+            # Tune's stored snapshot lists running trials as pending; the live driver knows better.
+            live = driver.get("trials") or {}
+            for r in records:
+                if r.status == "pending" and live.get(r.trial_id) == "running":
+                    r.status = "running"
     print(progress_line(study, records, 0.0).split("] ", 1)[1])
     if not records:
         print("no trials in the Tune storage yet")
         return 0
     rows = [("trial", "status", "iteration", study.metric, "test loss", "params")]
     for r in records:
-        rows.append((r.name, r.status + (f"@{r.diverged_at}" if r.diverged_at is not None else ""),
-                     "" if r.iteration is None else str(r.iteration),
-                     "" if r.objective is None else f"{r.objective:.4g}",
-                     "" if r.test_loss is None else f"{r.test_loss:.4g} ± {r.test_loss_ci95 or 0:.2g}",
-                     format_params(r)))
+        rows.append(
+            (
+                r.name,
+                r.status + (f"@{r.diverged_at}" if r.diverged_at is not None else ""),
+                "" if r.iteration is None else str(r.iteration),
+                "" if r.objective is None else f"{r.objective:.4g}",
+                "" if r.test_loss is None else f"{r.test_loss:.4g} ± {r.test_loss_ci95 or 0:.2g}",
+                format_params(r),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
@@ -169,15 +196,19 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError("--top-k", f"expected a positive number, got {args.top_k}")
     records = _ray.read_records(study)
     out = Path(args.out) if args.out else study.best_dir
-    exported = export_best(records, out, study=study.name, metric=study.metric, mode=study.mode, top_k=args.top_k)
+    exported = export_best(
+        records, out, study=study.name, metric=study.metric, mode=study.mode, top_k=args.top_k
+    )
     print(summary_table(records, metric=study.metric, mode=study.mode, learners=study.learners))
     print()
     if not exported:
         print("nothing exported: no trial has completed yet")
         return 1
     for e in exported:
-        print(f"wrote {e.path}  ({e.learner} #{e.rank}, trial {e.record.trial_id}, "
-              f"{study.metric} {e.record.objective:.4g})")
+        print(
+            f"wrote {e.path}  ({e.learner} #{e.rank}, trial {e.record.trial_id}, "
+            f"{study.metric} {e.record.objective:.4g})"
+        )
     print(f"retrain one alone: metatune train {exported[0].path} --seed 1")
     return 0
 
@@ -196,7 +227,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         if views.mlflow_errors:
             print(f"  MLflow:  FAILED ({views.last_error}); run `metatune report` again once it is reachable")
             return 1
-        print(f"  MLflow:  {study.tracking_uri}, experiment '{study.experiment}', parent run {views.tracker.parent_id}")
+        print(
+            f"  MLflow:  {study.tracking_uri}, experiment '{study.experiment}', "
+            f"parent run {views.tracker.parent_id}"
+        )
     return 0
 
 
@@ -219,7 +253,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if not uri.startswith("sqlite:"):
         print(f"study '{study.name}' logs to {uri}: open that in a browser (experiment '{study.experiment}')")
         return 0
-    cmd = ui_command(uri, host=args.host, port=args.port) + ["--artifacts-destination", str(study.dir / "mlartifacts")]
+    cmd = ui_command(uri, host=args.host, port=args.port) + [
+        "--artifacts-destination",
+        str(study.dir / "mlartifacts"),
+    ]
     url = f"http://{args.host}:{args.port}"
     try:
         t = _tracker(study)
@@ -263,12 +300,18 @@ def _stop_group(proc: subprocess.Popen) -> None:
 
 
 def _add_exec_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", help="Ray cluster to join ('auto' on a cluster head); default: a private local Ray")
+    p.add_argument(
+        "--address", help="Ray cluster to join ('auto' on a cluster head); default: a private local Ray"
+    )
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--num-gpus", type=int, help="GPUs of the local Ray instance (default: detected)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (e.g. http://head:5000); default: the study's")
-    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow (`metatune report` can later)")
-    p.add_argument("--progress-every", type=float, default=20.0, metavar="S", help="seconds between progress lines")
+    p.add_argument(
+        "--no-mlflow", action="store_true", help="do not log to MLflow (`metatune report` can later)"
+    )
+    p.add_argument(
+        "--progress-every", type=float, default=20.0, metavar="S", help="seconds between progress lines"
+    )
 
 
 def register_commands(sub: argparse._SubParsersAction) -> None:
@@ -297,7 +340,9 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("report", help="rebuild MLflow runs, Parquet and the study table from Tune storage")
     p.add_argument("study", help="study folder, study YAML or name")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI to (re)build the runs in; default: the study's")
+    p.add_argument(
+        "--tracking-uri", help="MLflow tracking URI to (re)build the runs in; default: the study's"
+    )
     p.add_argument("--no-mlflow", action="store_true", help="only the local files")
     p.set_defaults(func=cmd_report)
 
@@ -306,4 +351,3 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback only)")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=cmd_ui)
-

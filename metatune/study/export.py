@@ -46,7 +46,13 @@ def trainable_config(record: TrialRecord) -> dict[str, Any]:
 
 
 def export_best(
-    records: Sequence[TrialRecord], out_dir: str | Path, *, study: str, metric: str, mode: str, top_k: int = 1,
+    records: Sequence[TrialRecord],
+    out_dir: str | Path,
+    *,
+    study: str,
+    metric: str,
+    mode: str,
+    top_k: int = 1,
 ) -> list[Exported]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -56,7 +62,11 @@ def export_best(
             cfg = trainable_config(r)
             parse_config(cfg)  # what `metatune train` will do; a failure here is a bug, not user input
             path = out_dir / (f"{learner}.yaml" if rank == 1 else f"{learner}_rank{rank}.yaml")
-            test = f", test loss {r.test_loss:.4g} ± {r.test_loss_ci95 or 0:.2g}" if r.test_loss is not None else ""
+            test = (
+                f", test loss {r.test_loss:.4g} ± {r.test_loss_ci95 or 0:.2g}"
+                if r.test_loss is not None
+                else ""
+            )
             header = (
                 f"# Best {learner} config #{rank} of study '{study}' (trial {r.trial_id}): "
                 f"{metric} {r.objective:.4g}{test}.\n"
@@ -80,19 +90,33 @@ def _searched(record: TrialRecord) -> str:
 def summary_table(records: Sequence[TrialRecord], *, metric: str, mode: str, learners: Sequence[str]) -> str:
     """One line per learner: trials, diverged, best objective, its test loss and config."""
     best = best_trials(records, mode=mode)
-    rows = [("learner", "trials", "done", "diverged", "failed", f"best {metric}", "test loss (95% CI)", "best config")]
+    rows = [
+        (
+            "learner",
+            "trials",
+            "done",
+            "diverged",
+            "failed",
+            f"best {metric}",
+            "test loss (95% CI)",
+            "best config",
+        )
+    ]
     for learner in learners:
         mine = [r for r in records if r.learner == learner]
         b = best.get(learner, [None])[0]
-        rows.append((
-            learner, str(len(mine)),
-            str(sum(r.status in ("completed", "stopped") for r in mine)),
-            str(sum(r.status == "diverged" for r in mine)),
-            str(sum(r.status == "error" for r in mine)),
-            f"{b.objective:.4g}" if b and b.objective is not None else "-",
-            f"{b.test_loss:.4g} ± {b.test_loss_ci95 or 0:.2g}" if b and b.test_loss is not None else "-",
-            _searched(b) if b else "-",
-        ))
+        rows.append(
+            (
+                learner,
+                str(len(mine)),
+                str(sum(r.status in ("completed", "stopped") for r in mine)),
+                str(sum(r.status == "diverged" for r in mine)),
+                str(sum(r.status == "error" for r in mine)),
+                f"{b.objective:.4g}" if b and b.objective is not None else "-",
+                f"{b.test_loss:.4g} ± {b.test_loss_ci95 or 0:.2g}" if b and b.test_loss is not None else "-",
+                _searched(b) if b else "-",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -39,11 +39,16 @@ def _best(records: Sequence[TrialRecord], mode: str) -> TrialRecord | None:
 
 
 def progress_line(study: Study, records: Sequence[TrialRecord], elapsed_s: float) -> str:
-    n = {s: sum(r.status == s for r in records) for s in ("running", "completed", "diverged", "stopped", "error")}
+    n = {
+        s: sum(r.status == s for r in records)
+        for s in ("running", "completed", "diverged", "stopped", "error")
+    }
     finished = n["completed"] + n["diverged"] + n["stopped"] + n["error"]
     mins, secs = divmod(int(elapsed_s), 60)
-    line = (f"[{mins:02d}:{secs:02d}] trials: {n['running']} running, {finished}/{study.num_trials} done "
-            f"({n['completed']} completed, {n['diverged']} diverged, {n['stopped']} stopped, {n['error']} failed)")
+    line = (
+        f"[{mins:02d}:{secs:02d}] trials: {n['running']} running, {finished}/{study.num_trials} done "
+        f"({n['completed']} completed, {n['diverged']} diverged, {n['stopped']} stopped, {n['error']} failed)"
+    )
     best = _best(records, study.mode)
     if best is not None:
         line += f" | best {study.metric} {best.objective:.4g} ({best.name}: {format_params(best)})"
@@ -51,7 +56,9 @@ def progress_line(study: Study, records: Sequence[TrialRecord], elapsed_s: float
 
 
 class StudyMonitor:
-    def __init__(self, study: Study, views: Views, *, out: TextIO | None = None, interval_s: float = 20.0) -> None:
+    def __init__(
+        self, study: Study, views: Views, *, out: TextIO | None = None, interval_s: float = 20.0
+    ) -> None:
         self.study = study
         self.views = views
         self.out = out or sys.stdout
@@ -69,13 +76,26 @@ class StudyMonitor:
         records = list(self.records.values())
         best = _best(records, self.study.mode)
         data = {
-            "study": self.study.name, "state": state, "pid": os.getpid(), "host": socket.gethostname(),
-            "updated": time.time(), "trials_planned": self.study.num_trials,
-            "counts": {s: sum(r.status == s for r in records)
-                       for s in ("pending", "running", "completed", "diverged", "stopped", "error")},
-            "best": None if best is None else {"trial_id": best.trial_id, "learner": best.learner,
-                                               self.study.metric: best.objective, "params": best.params},
+            "study": self.study.name,
+            "state": state,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "updated": time.time(),
+            "trials_planned": self.study.num_trials,
+            "counts": {
+                s: sum(r.status == s for r in records)
+                for s in ("pending", "running", "completed", "diverged", "stopped", "error")
+            },
+            "best": None
+            if best is None
+            else {
+                "trial_id": best.trial_id,
+                "learner": best.learner,
+                self.study.metric: best.objective,
+                "params": best.params,
+            },
             "mlflow_errors": self.views.mlflow_errors,
+            "trials": {r.trial_id: r.status for r in records},
         }
         path = self.study.dir / STATUS_FILE
         tmp = path.with_suffix(".tmp")
@@ -103,14 +123,23 @@ class StudyMonitor:
         where = f"{r.name} ({format_params(r)})"
         wall = f" in {r.wall_time_s:.0f} s" if r.wall_time_s else ""
         if r.status == "completed":
-            test = f", test loss {r.test_loss:.4g} ± {r.test_loss_ci95 or 0:.2g}" if r.test_loss is not None else ""
+            test = (
+                f", test loss {r.test_loss:.4g} ± {r.test_loss_ci95 or 0:.2g}"
+                if r.test_loss is not None
+                else ""
+            )
             return f"done {where}{wall}: {self.study.metric} {r.objective:.4g}{test}"
         if r.status == "diverged":
-            return (f"DIVERGED {where} at iteration {r.diverged_at} (last finite loss "
-                    f"{r.last_finite_loss if r.last_finite_loss is None else f'{r.last_finite_loss:.4g}'}); "
-                    f"reported {self.study.metric} = {self.study.penalty:g}")
+            return (
+                f"DIVERGED {where} at iteration {r.diverged_at} (last finite loss "
+                f"{r.last_finite_loss if r.last_finite_loss is None else f'{r.last_finite_loss:.4g}'}); "
+                f"reported {self.study.metric} = {self.study.penalty:g}"
+            )
         if r.status == "stopped":
-            return f"stopped {where} by the scheduler at iteration {r.iteration}: {self.study.metric} {r.objective}"
+            return (
+                f"stopped {where} by the scheduler at iteration {r.iteration}: "
+                f"{self.study.metric} {r.objective}"
+            )
         return f"FAILED {where}: {(r.error or 'see the Tune trial folder').splitlines()[0][:200]}"
 
     def tick(self, records: Callable[[], Sequence[TrialRecord]]) -> None:

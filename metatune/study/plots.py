@@ -49,14 +49,29 @@ def study_plot(table: StudyTable, path: str | Path, *, title: str = "") -> Path:
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=color, label=learner)
             ys_all.extend(ys)
         if dx:
-            ax.scatter(dx, [0.96] * len(dx), marker="x", color=color, s=60, zorder=5,
-                       label=f"{learner} diverged", transform=ax.get_xaxis_transform())
+            ax.scatter(
+                dx,
+                [0.96] * len(dx),
+                marker="x",
+                color=color,
+                s=60,
+                zorder=5,
+                label=f"{learner} diverged",
+                transform=ax.get_xaxis_transform(),
+            )
         if table.published is not None and learner in table.published.learners and table.rows_axis != "best":
             pub = [(positions[_k(r)], table.cell(r, learner).published) for r in xs_all]
             pub = [(x, p) for x, p in pub if p is not None]
             if pub:
-                ax.plot([x for x, _ in pub], [p[0] for _, p in pub], linestyle="--", marker=".", color=color,
-                        alpha=0.6, label=f"{learner} (published)")
+                ax.plot(
+                    [x for x, _ in pub],
+                    [p[0] for _, p in pub],
+                    linestyle="--",
+                    marker=".",
+                    color=color,
+                    alpha=0.6,
+                    label=f"{learner} (published)",
+                )
                 ys_all.extend(p[0] for _, p in pub)
     if numeric and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 10:
         ax.set_xscale("log")
@@ -106,17 +121,22 @@ def trial_plot(record: TrialRecord, path: str | Path) -> Path | None:
     ax.set_xlabel("iteration")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
-    for ax, (xkey, ykey, ekey, label, logx) in zip(axes[1:], [
-        ("shots", "loss_by_shots", "loss_by_shots_ci95", "K (support size)", False),
-        (None, "loss_by_step", "loss_by_step_ci95", "inner steps at test", False),
-        ("lr_scales", "loss_by_lr_scale", "loss_by_lr_scale_ci95", "inner step-size scale", True),
-    ]):
+    for ax, (xkey, ykey, ekey, label, logx) in zip(
+        axes[1:],
+        [
+            ("shots", "loss_by_shots", "loss_by_shots_ci95", "K (support size)", False),
+            (None, "loss_by_step", "loss_by_step_ci95", "inner steps at test", False),
+            ("lr_scales", "loss_by_lr_scale", "loss_by_lr_scale_ci95", "inner step-size scale", True),
+        ],
+    ):
         ys = c.get(ykey) or []
         xs = c.get(xkey) if xkey else list(range(len(ys)))
         es = c.get(ekey) or [0.0] * len(ys)
         trip = [(x, y, e or 0.0) for x, y, e in zip(xs or [], ys, es) if y is not None]
         if trip:
-            ax.errorbar([t[0] for t in trip], [t[1] for t in trip], yerr=[t[2] for t in trip], marker="o", capsize=2)
+            ax.errorbar(
+                [t[0] for t in trip], [t[1] for t in trip], yerr=[t[2] for t in trip], marker="o", capsize=2
+            )
         if logx and trip and min(t[0] for t in trip) > 0:
             ax.set_xscale("log")
         ax.set_xlabel(label)

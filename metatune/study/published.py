@@ -61,8 +61,13 @@ PUBLISHED: dict[str, PublishedTable] = {
         value="test_loss",
         cells={
             0.01: {
-                "maml": (0.71, 0.07), "metasgd": (0.53, 0.09), "mnet_full": (0.63, 0.07), "mnet": (0.60, 0.06),
-                "tnet": (0.56, 0.06), "mtnet_full": (0.51, 0.05), "mtnet": (0.49, 0.05),
+                "maml": (0.71, 0.07),
+                "metasgd": (0.53, 0.09),
+                "mnet_full": (0.63, 0.07),
+                "mnet": (0.60, 0.06),
+                "tnet": (0.56, 0.06),
+                "mtnet_full": (0.51, 0.05),
+                "mtnet": (0.49, 0.05),
             },
         },
     ),

@@ -40,7 +40,11 @@ def _curve(summaries: list[Mapping[str, Any]]) -> tuple[list[float | None], list
 
 
 def final_payload(
-    result: Mapping[str, Any], *, metric: str, penalty: float, validation: Mapping[str, float] | None,
+    result: Mapping[str, Any],
+    *,
+    metric: str,
+    penalty: float,
+    validation: Mapping[str, float] | None,
 ) -> dict[str, Any]:
     """The last report of a trial, from ``TrainResult.to_dict()`` and a final validation."""
     status = result["status"]
@@ -78,7 +82,9 @@ def final_payload(
         main = by_shots.get(train_k) or by_shots[shots[0]]
         curves["loss_by_step"], curves["loss_by_step_ci95"] = _curve(main["loss_by_step"])
         if main.get("accuracy"):
-            curves["accuracy_by_shots"] = [finite((by_shots[k].get("accuracy") or {}).get("mean")) for k in shots]
+            curves["accuracy_by_shots"] = [
+                finite((by_shots[k].get("accuracy") or {}).get("mean")) for k in shots
+            ]
             out["test_accuracy"] = finite(main["accuracy"]["mean"])
             out["test_accuracy_ci95"] = finite(main["accuracy"]["ci95"])
         scales = sorted(ev["lr_scale_curve"], key=float)
@@ -152,8 +158,15 @@ class TrialRecord:
 
 
 def record_from_tune(
-    trial_id: str, config: Mapping[str, Any], tune_status: str, last_result: Mapping[str, Any] | None,
-    *, run_config: Mapping[str, Any], metric: str, num_failures: int = 0, error: str | None = None,
+    trial_id: str,
+    config: Mapping[str, Any],
+    tune_status: str,
+    last_result: Mapping[str, Any] | None,
+    *,
+    run_config: Mapping[str, Any],
+    metric: str,
+    num_failures: int = 0,
+    error: str | None = None,
 ) -> TrialRecord:
     """Build a record from what Tune knows about a trial (live or read back from storage)."""
     res = dict(last_result or {})

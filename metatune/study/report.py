@@ -33,11 +33,20 @@ TABLE_FILES = {"csv": "table/study_table.csv", "md": "table/study_table.md", "pn
 def study_table(study: Study, records: Sequence[TrialRecord]) -> StudyTable:
     ev = study.spec.evaluation
     shots = study.base[study.learners[0]]["task"].get("shots", "K")
-    title = (f"{study.name}: {study.spec.table.value} at K={shots} after {ev.inner_steps or 'training'} inner "
-             f"steps, mean ± 95% CI over {ev.tasks} test tasks")
+    title = (
+        f"{study.name}: {study.spec.table.value} at K={shots} after {ev.inner_steps or 'training'} inner "
+        f"steps, mean ± 95% CI over {ev.tasks} test tasks"
+    )
     pub = PUBLISHED.get(study.spec.table.published) if study.spec.table.published else None
-    return build_table(records, rows=study.table_rows, learners=study.learners, value=study.spec.table.value,
-                       mode=study.mode, published=pub, title=title)
+    return build_table(
+        records,
+        rows=study.table_rows,
+        learners=study.learners,
+        value=study.spec.table.value,
+        mode=study.mode,
+        published=pub,
+        title=title,
+    )
 
 
 class Views:
@@ -62,8 +71,13 @@ class Views:
             self.mlflow_errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
             self._down_until = time.monotonic() + self.retry_after_s
-            log.warning("MLflow (%s) failed: %s; results stay in Tune storage, `metatune report %s` restores the runs",
-                        self.tracker.uri, self.last_error.splitlines()[0][:300], self.study.dir)
+            log.warning(
+                "MLflow (%s) failed: %s; results stay in Tune storage, "
+                "`metatune report %s` restores the runs",
+                self.tracker.uri,
+                self.last_error.splitlines()[0][:300],
+                self.study.dir,
+            )
             return None
 
     @property
@@ -91,11 +105,19 @@ class Views:
             self._mlflow(self.tracker.log_progress, record, metrics)
 
     def trial(self, record: TrialRecord, *, force: bool = False) -> None:
-        """Local artifacts of a trial and its MLflow child run."""
+        """Local artifacts of a trial and its MLflow child run (skipped when both are up to date)."""
+        d = self.trial_dir(record)
+        plot = d / "robustness.png"
+        local_done = (
+            record.finished
+            and _same_status(d / "trial.json", record)
+            and (plot.is_file() or not record.curves)
+        )
+        mlflow_ready = self.start()
+        if not force and local_done and (not mlflow_ready or self._mlflow(self.tracker.is_final, record)):
+            return
         files: dict[str, Path] = {}
-        plot = None
         if record.finished:
-            d = self.trial_dir(record)
             d.mkdir(parents=True, exist_ok=True)
             cfg = d / "run_config.yaml"
             cfg.write_text(yaml.safe_dump(trainable_config(record), sort_keys=False))
@@ -104,12 +126,9 @@ class Views:
             if record.curves:
                 from metatune.study.plots import trial_plot
 
-                plot = trial_plot(record, d / "robustness.png")
-        if not self.start():
-            return
-        if not force and record.finished and self._mlflow(self.tracker.is_final, record):
-            return
-        self._mlflow(self.tracker.log_trial, record, plot=plot, files=files)
+                trial_plot(record, plot)
+        if mlflow_ready:
+            self._mlflow(self.tracker.log_trial, record, plot=plot if plot.is_file() else None, files=files)
 
     # ------------------------------------------------------------------ study level
     def files(self, records: Sequence[TrialRecord]) -> dict[str, Path]:
@@ -117,8 +136,11 @@ class Views:
         from metatune.study.plots import study_plot
 
         d = self.study.dir
-        out = {"parquet": write_trials(records, self.study.parquet_path, study=self.study.name,
-                                       metric=self.study.metric)}
+        out = {
+            "parquet": write_trials(
+                records, self.study.parquet_path, study=self.study.name, metric=self.study.metric
+            )
+        }
         table = study_table(self.study, records)
         for key, rel in TABLE_FILES.items():
             path = d / rel
@@ -137,7 +159,12 @@ class Views:
         s = self.study
         lines = [f"## metatune study `{s.name}`", ""]
         if markdown:
-            lines += [markdown, "", "Plot: artifact `table/study_plot.png`; CSV: `table/study_table.csv`.", ""]
+            lines += [
+                markdown,
+                "",
+                "Plot: artifact `table/study_plot.png`; CSV: `table/study_table.csv`.",
+                "",
+            ]
         if s.spec.description:
             lines += [s.spec.description.strip(), ""]
         lines += [
@@ -153,11 +180,21 @@ class Views:
         markdown = files.pop("_markdown")  # type: ignore[arg-type]
         if self.start():
             counts = _counts(records)
-            self._mlflow(self.tracker.log_study_files,
-                         [("table", files["csv"]), ("table", files["md"]), ("table", files["png"])],
-                         note=self._note(str(markdown)))
+            self._mlflow(
+                self.tracker.log_study_files,
+                [("table", files["csv"]), ("table", files["md"]), ("table", files["png"])],
+                note=self._note(str(markdown)),
+            )
             self._mlflow(self.tracker.log_study_metrics, counts, step=int(counts["finished"]))
         return files
+
+
+def _same_status(path: Path, record: TrialRecord) -> bool:
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return old.get("status") == record.status and old.get("iteration") == record.iteration
 
 
 def _counts(records: Sequence[TrialRecord]) -> dict[str, float]:
@@ -168,7 +205,9 @@ def _counts(records: Sequence[TrialRecord]) -> dict[str, float]:
     return c
 
 
-def rebuild(study: Study, records: Sequence[TrialRecord], *, tracker: Any = None) -> tuple[Views, dict[str, Path]]:
+def rebuild(
+    study: Study, records: Sequence[TrialRecord], *, tracker: Any = None
+) -> tuple[Views, dict[str, Path]]:
     """Rewrite every view from the records read out of Tune storage."""
     views = Views(study, tracker=tracker, retry_after_s=0.0)
     views.start()

@@ -18,11 +18,22 @@ from metatune.study.records import TrialRecord
 __all__ = ["read_trials", "trials_table", "write_trials"]
 
 _SCALARS: list[tuple[str, pa.DataType]] = [
-    ("trial_id", pa.string()), ("learner", pa.string()), ("status", pa.string()), ("tune_status", pa.string()),
-    ("objective", pa.float64()), ("iteration", pa.int64()), ("val_loss", pa.float64()),
-    ("test_loss", pa.float64()), ("test_loss_ci95", pa.float64()), ("test_accuracy", pa.float64()),
-    ("test_accuracy_ci95", pa.float64()), ("diverged_at", pa.int64()), ("last_finite_loss", pa.float64()),
-    ("wall_time_s", pa.float64()), ("num_failures", pa.int64()), ("error", pa.string()),
+    ("trial_id", pa.string()),
+    ("learner", pa.string()),
+    ("status", pa.string()),
+    ("tune_status", pa.string()),
+    ("objective", pa.float64()),
+    ("iteration", pa.int64()),
+    ("val_loss", pa.float64()),
+    ("test_loss", pa.float64()),
+    ("test_loss_ci95", pa.float64()),
+    ("test_accuracy", pa.float64()),
+    ("test_accuracy_ci95", pa.float64()),
+    ("diverged_at", pa.int64()),
+    ("last_finite_loss", pa.float64()),
+    ("wall_time_s", pa.float64()),
+    ("num_failures", pa.int64()),
+    ("error", pa.string()),
 ]
 #: (column, key in record.curves, element type); training curves come from curves["train"].
 _CURVES: list[tuple[str, str, pa.DataType]] = [
@@ -72,7 +83,9 @@ def trials_table(records: Sequence[TrialRecord], *, study: str = "", metric: str
     for k in names:
         cols[f"param.{k}"] = _param_column([r.params.get(k) for r in records])
     cols["params_json"] = pa.array([json.dumps(r.params, sort_keys=True) for r in records], type=pa.string())
-    cols["run_config_json"] = pa.array([json.dumps(r.run_config, sort_keys=True) for r in records], type=pa.string())
+    cols["run_config_json"] = pa.array(
+        [json.dumps(r.run_config, sort_keys=True) for r in records], type=pa.string()
+    )
     for col, key, typ in _CURVES:
         cols[col] = pa.array([_curve(r, key) for r in records], type=pa.list_(typ))
     table = pa.table(cols)
@@ -80,7 +93,9 @@ def trials_table(records: Sequence[TrialRecord], *, study: str = "", metric: str
     return table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
 
 
-def write_trials(records: Sequence[TrialRecord], path: str | Path, *, study: str = "", metric: str = "") -> Path:
+def write_trials(
+    records: Sequence[TrialRecord], path: str | Path, *, study: str = "", metric: str = ""
+) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -97,8 +112,9 @@ def read_trials(path: str | Path) -> list[dict[str, Any]]:
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise CheckpointError(f"{path}: unreadable or truncated Parquet file ({exc}); "
-                              "rebuild it with `metatune report`") from None
+        raise CheckpointError(
+            f"{path}: unreadable or truncated Parquet file ({exc}); rebuild it with `metatune report`"
+        ) from None
     if "trial_id" not in table.column_names:
         raise CheckpointError(f"{path}: not a metatune trials file (no trial_id column)")
     return table.to_pylist()

@@ -39,14 +39,34 @@ __all__ = ["TRAINING_KNOBS", "Param", "SearchSpace", "parse_search_space", "spli
 #: Knobs that live in the run config's ``training`` section and apply to every learner.
 TRAINING_KNOBS: dict[str, HyperParameter] = {
     "outer_lr": HyperParameter(
-        "outer_lr", "float", 1e-3, symbol="beta", low=0.0, low_open=True, log=True, search=(1e-4, 1e-2),
+        "outer_lr",
+        "float",
+        1e-3,
+        symbol="beta",
+        low=0.0,
+        low_open=True,
+        log=True,
+        search=(1e-4, 1e-2),
         help="outer-loop Adam step size",
     ),
     "meta_batch": HyperParameter(
-        "meta_batch", "int", 4, symbol="B", low=1, log=True, search=(2, 32), help="tasks per outer step",
+        "meta_batch",
+        "int",
+        4,
+        symbol="B",
+        low=1,
+        log=True,
+        search=(2, 32),
+        help="tasks per outer step",
     ),
     "grad_clip": HyperParameter(
-        "grad_clip", "float", 10.0, low=0.0, low_open=True, log=True, search=(0.1, 100.0),
+        "grad_clip",
+        "float",
+        10.0,
+        low=0.0,
+        low_open=True,
+        log=True,
+        search=(0.1, 100.0),
         help="meta-gradient clipping bound",
     ),
 }
@@ -193,7 +213,7 @@ class SearchSpace:
 def split_trial_name(name: str, learner: str) -> str:
     """``mtnet.inner_lr`` -> ``inner_lr`` for the mtnet branch; plain names unchanged."""
     prefix = f"{learner}."
-    return name[len(prefix):] if name.startswith(prefix) else name
+    return name[len(prefix) :] if name.startswith(prefix) else name
 
 
 def _declared(learner: str) -> dict[str, HyperParameter]:
@@ -209,7 +229,9 @@ def _param(
         raw = {}
     if not isinstance(raw, Mapping):
         raise ConfigError(
-            field_, f"expected a range mapping ({{low, high, log}}, {{choices: [...]}} or {{grid: [...]}}), got {raw!r}; "
+            field_,
+            "expected a range mapping ({low, high, log}, {choices: [...]} or {grid: [...]}), "
+            f"got {raw!r}; "
             "a fixed value belongs in the study's 'learners' section",
         )
     spec = build(_ParamFile, raw, prefix=field_)
@@ -220,7 +242,9 @@ def _param(
         if spec.low is not None or spec.high is not None:
             raise ConfigError(f"{field_}.low", "a list of values and a range cannot be mixed")
         if not values:
-            raise ConfigError(f"{field_}.{'grid' if spec.grid is not None else 'choices'}", "expected at least one value")
+            raise ConfigError(
+                f"{field_}.{'grid' if spec.grid is not None else 'choices'}", "expected at least one value"
+            )
         checked = []
         for i, v in enumerate(values):
             f = f"{field_}.{'grid' if spec.grid is not None else 'choices'}[{i}]"
@@ -232,7 +256,9 @@ def _param(
                 checked.append(decl.validate(v, field=f))
         if len(set(map(repr, checked))) != len(checked):
             raise ConfigError(field_, f"duplicate values in {checked}")
-        return Param(name, knob, tuple(learners), "categorical", choices=tuple(checked), is_grid=spec.grid is not None)
+        return Param(
+            name, knob, tuple(learners), "categorical", choices=tuple(checked), is_grid=spec.grid is not None
+        )
     # A range.
     if decl.kind in ("bool", "categorical"):
         choices = (False, True) if decl.kind == "bool" else decl.choices
@@ -269,7 +295,9 @@ def parse_search_space(
         if data is None:
             data = {}
         if not isinstance(data, Mapping):
-            raise ConfigError(prefix or "<root>", f"expected a mapping with 'params', got {type(data).__name__}")
+            raise ConfigError(
+                prefix or "<root>", f"expected a mapping with 'params', got {type(data).__name__}"
+            )
         dot = f"{prefix}." if prefix else ""
         spec = build(_SpaceFile, data, prefix=prefix)
         learners = tuple(study_learners)
@@ -292,9 +320,12 @@ def parse_search_space(
                 if knob not in declared:
                     raise ConfigError(
                         f"{field_}.{knob}",
-                        f"not a hyperparameter of learner '{learner}'; expected one of: {', '.join(sorted(declared))}",
+                        f"not a hyperparameter of learner '{learner}'; "
+                        f"expected one of: {', '.join(sorted(declared))}",
                     )
-                params.append(_param(f"{learner}.{knob}", knob, [learner], raw, declared[knob], f"{field_}.{knob}"))
+                params.append(
+                    _param(f"{learner}.{knob}", knob, [learner], raw, declared[knob], f"{field_}.{knob}")
+                )
                 overridden.setdefault(knob, set()).add(learner)
         shared: list[Param] = []
         for knob, raw in spec.params.items():
@@ -303,7 +334,8 @@ def parse_search_space(
             if not any(knob in _declared(n) for n in learners):
                 known = sorted(set().union(*(_declared(n) for n in learners)))
                 raise ConfigError(
-                    field_, f"not a hyperparameter of {', '.join(learners)}; expected one of: {', '.join(known)}"
+                    field_,
+                    f"not a hyperparameter of {', '.join(learners)}; expected one of: {', '.join(known)}",
                 )
             if not having:
                 continue  # every learner that has it overrides it under per_learner
@@ -312,7 +344,8 @@ def parse_search_space(
             for n, d in decls.items():
                 if (d.kind, d.low, d.high, d.choices) != (first.kind, first.low, first.high, first.choices):
                     raise ConfigError(
-                        field_, f"'{knob}' is declared differently by {having[0]} and {n}: give it under per_learner"
+                        field_,
+                        f"'{knob}' is declared differently by {having[0]} and {n}: give it under per_learner",
                     )
             shared.append(_param(knob, knob, having, raw, first, field_))
         space = SearchSpace(learners=learners, params=tuple(shared + params), description=spec.description)

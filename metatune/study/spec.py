@@ -39,11 +39,26 @@ from metatune.config import EvaluationConfig, TrainingConfig, parse_config, read
 from metatune.errors import ConfigError
 from metatune.learners import LEARNERS
 from metatune.study.published import PUBLISHED
-from metatune.study.search_space import TRAINING_KNOBS, SearchSpace, load_search_space_file, parse_search_space, split_trial_name
+from metatune.study.search_space import (
+    TRAINING_KNOBS,
+    SearchSpace,
+    load_search_space_file,
+    parse_search_space,
+    split_trial_name,
+)
 
 __all__ = [
-    "FROZEN_FILE", "ResourcesSpec", "SamplerSpec", "SchedulerSpec", "Study", "StudySpec", "TableSpec",
-    "TrackingSpec", "load_study", "open_study", "parse_study",
+    "FROZEN_FILE",
+    "ResourcesSpec",
+    "SamplerSpec",
+    "SchedulerSpec",
+    "Study",
+    "StudySpec",
+    "TableSpec",
+    "TrackingSpec",
+    "load_study",
+    "open_study",
+    "parse_study",
 ]
 
 #: The resolved study (inline search space, absolute storage, tracking URI) in the study folder.
@@ -61,6 +76,9 @@ class SamplerSpec:
     seed: int | None = None
     #: Random trials before the model-based samplers start (tpe, gp, cmaes); null = Optuna's default.
     startup_trials: int | None = None
+    #: Start with one trial per learner (its other parameters sampled), so every learner is
+    #: tried even in a short study. Ignored by the grid sampler.
+    learners_first: bool = True
 
     def __post_init__(self) -> None:
         if self.startup_trials is not None:
@@ -96,9 +114,13 @@ class ResourcesSpec:
         positive(self.cpus, "cpus")
         positive(self.gpus, "gpus", allow_zero=True)
         if self.gpus > 1 and not float(self.gpus).is_integer():
-            raise ConfigError("gpus", f"expected a fraction <= 1 or a whole number of GPUs, got {self.gpus:g}")
+            raise ConfigError(
+                "gpus", f"expected a fraction <= 1 or a whole number of GPUs, got {self.gpus:g}"
+            )
         if self.gpu_memory_fraction is not None and not 0 < self.gpu_memory_fraction <= 1:
-            raise ConfigError("gpu_memory_fraction", f"expected a value in (0, 1], got {self.gpu_memory_fraction:g}")
+            raise ConfigError(
+                "gpu_memory_fraction", f"expected a value in (0, 1], got {self.gpu_memory_fraction:g}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,7 +203,8 @@ class StudySpec:
 def check_tracking_uri(uri: str, field_: str) -> None:
     if "://" not in uri or uri.startswith("file:"):
         raise ConfigError(
-            field_, f"MLflow >= 3.13 refuses file stores ({uri!r}); expected sqlite:////abs/path/mlflow.db "
+            field_,
+            f"MLflow >= 3.13 refuses file stores ({uri!r}); expected sqlite:////abs/path/mlflow.db "
             "or http://host:port",
         )
 
@@ -243,6 +266,14 @@ class Study:
         return self.spec.sampler.seed if self.spec.sampler.seed is not None else self.spec.seed
 
     @property
+    def initial_points(self) -> list[dict[str, Any]]:
+        """Trials enqueued before the sampler's own (one per learner; see SamplerSpec)."""
+        s = self.spec
+        if s.sampler.name == "grid" or not s.sampler.learners_first or len(self.learners) < 2:
+            return []
+        return [{"learner": name} for name in self.learners][: self.num_trials]
+
+    @property
     def tune_path(self) -> str:
         """Where Ray Tune keeps the experiment: the source of truth of the study."""
         return f"{self.tune_root.rstrip('/')}/{TUNE_NAME}"
@@ -275,7 +306,9 @@ class Study:
         """The exact run config (``metatune train`` input) of a trial's sampled config."""
         learner = config.get("learner")
         if learner not in self.base:
-            raise ConfigError("learner", f"trial config names learner {learner!r}; study has {', '.join(self.base)}")
+            raise ConfigError(
+                "learner", f"trial config names learner {learner!r}; study has {', '.join(self.base)}"
+            )
         cfg = copy.deepcopy(self.base[learner])
         for key, value in config.items():
             if key == "learner":
@@ -330,7 +363,9 @@ def _learner_overrides(spec: StudySpec) -> dict[str, dict[str, Any]]:
             if fixed is None:
                 fixed = {}
             if not isinstance(fixed, Mapping):
-                raise ConfigError(f"learners.{name}", f"expected a mapping of fixed hyperparameters, got {fixed!r}")
+                raise ConfigError(
+                    f"learners.{name}", f"expected a mapping of fixed hyperparameters, got {fixed!r}"
+                )
             if "name" in fixed:
                 raise ConfigError(f"learners.{name}.name", "the learner's name is the key; remove 'name'")
             items[name] = dict(fixed)
@@ -355,7 +390,7 @@ def _translate(exc: ConfigError, learner: str) -> ConfigError:
     if f == "learner.name":
         return ConfigError(f"learners.{learner}", exc.detail)
     if f.startswith("learner."):
-        return ConfigError(f"learners.{learner}.{f[len('learner.'):]}", exc.detail)
+        return ConfigError(f"learners.{learner}.{f[len('learner.') :]}", exc.detail)
     if f == "gpu_memory_fraction":
         return ConfigError("resources.gpu_memory_fraction", exc.detail)
     if f in ("threads", "device", "dtype", "compile"):
@@ -364,7 +399,11 @@ def _translate(exc: ConfigError, learner: str) -> ConfigError:
 
 
 def parse_study(
-    data: Any, *, source: str, storage: str | None = None, tracking_uri: str | None = None,
+    data: Any,
+    *,
+    source: str,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
     cwd: str | Path | None = None,
 ) -> Study:
     """Validate a study mapping completely (no Ray, no MLflow) and resolve it."""
@@ -378,10 +417,13 @@ def parse_study(
         overrides = _learner_overrides(spec)
         tr = spec.training
         if tr.eval_every == 0:
-            raise ConfigError("training.eval_every", "a study reports to Ray Tune at each validation; expected > 0")
+            raise ConfigError(
+                "training.eval_every", "a study reports to Ray Tune at each validation; expected > 0"
+            )
         if tr.eval_every > tr.iterations:
             raise ConfigError(
-                "training.eval_every", f"expected <= training.iterations ({tr.iterations}), got {tr.eval_every}"
+                "training.eval_every",
+                f"expected <= training.iterations ({tr.iterations}), got {tr.eval_every}",
             )
         # Search space: a file or inline.
         source_dir = Path(source).resolve().parent if source else cwd
@@ -391,19 +433,22 @@ def parse_study(
             path = _find_file(spec.search_space, source_dir, cwd)
             if path is None:
                 raise ConfigError(
-                    "search_space", f"file not found: {spec.search_space!r} (looked beside the study, in its parent "
+                    "search_space",
+                    f"file not found: {spec.search_space!r} (looked beside the study, in its parent "
                     f"folder and in {cwd})",
                 )
             space = load_search_space_file(path, study_learners=list(overrides))
         else:
-            space = parse_search_space(spec.search_space, study_learners=list(overrides), prefix="search_space")
+            space = parse_search_space(
+                spec.search_space, study_learners=list(overrides), prefix="search_space"
+            )
         space_src = spec.search_space if isinstance(spec.search_space, str) else "the inline search_space"
         for learner, fixed in overrides.items():
             for p in space.for_learner(learner):
                 if p.knob in fixed:
                     raise ConfigError(
-                        f"learners.{learner}.{p.knob}", f"fixed here but also searched in {space_src} ('{p.name}'); "
-                        "remove one",
+                        f"learners.{learner}.{p.knob}",
+                        f"fixed here but also searched in {space_src} ('{p.name}'); remove one",
                     )
         _check_sampler(spec, space, space_src)
         _check_scheduler(spec)
@@ -452,13 +497,25 @@ def parse_study(
             except ConfigError as exc:
                 raise _translate(exc, learner) from None
             if spec.metric == "val_accuracy" and components.task.problem == "regression":
-                raise ConfigError("metric", f"task '{spec.task.get('name')}' is a regression task: use val_loss")
+                raise ConfigError(
+                    "metric", f"task '{spec.task.get('name')}' is a regression task: use val_loss"
+                )
             if spec.table.value == "test_accuracy" and components.task.problem == "regression":
-                raise ConfigError("table.value", f"task '{spec.task.get('name')}' is a regression task: use test_loss")
+                raise ConfigError(
+                    "table.value", f"task '{spec.task.get('name')}' is a regression task: use test_loss"
+                )
             base[learner] = cfg
         study = Study(
-            spec=spec, source=source, space=space, overrides=overrides, base=base, dir=study_dir,
-            tune_root=tune_root, tracking_uri=uri, experiment=experiment, cwd=str(cwd),
+            spec=spec,
+            source=source,
+            space=space,
+            overrides=overrides,
+            base=base,
+            dir=study_dir,
+            tune_root=tune_root,
+            tracking_uri=uri,
+            experiment=experiment,
+            cwd=str(cwd),
         )
         _check_table(study)
         # Every grid point (or every range end) must make a valid run config too.
@@ -480,25 +537,30 @@ def _check_sampler(spec: StudySpec, space: SearchSpace, space_src: str) -> None:
         for p in space.params:
             if p.kind != "categorical":
                 raise ConfigError(
-                    "sampler.name", f"'grid' needs a list of values for every parameter, but {space_src} gives "
+                    "sampler.name",
+                    f"'grid' needs a list of values for every parameter, but {space_src} gives "
                     f"'{p.name}' a range; write it as {{grid: [...]}} or use tpe/random",
                 )
         if space.conditional:
             cond = next(p for p in space.params if set(p.learners) != set(space.learners))
             raise ConfigError(
-                "sampler.name", f"'grid' needs every parameter in every learner's branch, but '{cond.name}' in "
+                "sampler.name",
+                f"'grid' needs every parameter in every learner's branch, but '{cond.name}' in "
                 f"{space_src} applies only to {', '.join(cond.learners)}",
             )
         size = space.grid_size()
         if spec.trials is not None and spec.trials > size:
-            raise ConfigError("trials", f"the grid has {size} points; expected trials <= {size}, got {spec.trials}")
+            raise ConfigError(
+                "trials", f"the grid has {size} points; expected trials <= {size}, got {spec.trials}"
+            )
     elif name == "cmaes":
         cats = [p.name for p in space.params if p.kind == "categorical"]
         if len(space.learners) > 1:
             cats.insert(0, "learner")
         if cats:
             raise ConfigError(
-                "sampler.name", f"'cmaes' samples continuous spaces only (CMA-ES falls back to random search for "
+                "sampler.name",
+                f"'cmaes' samples continuous spaces only (CMA-ES falls back to random search for "
                 f"{', '.join(cats)}); use one learner and ranges only, or tpe/gp",
             )
         if not space.params:
@@ -506,9 +568,13 @@ def _check_sampler(spec: StudySpec, space: SearchSpace, space_src: str) -> None:
         try:
             import cmaes  # noqa: F401
         except ImportError:
-            raise ConfigError("sampler.name", "'cmaes' needs the cmaes package (pip install 'cmaes>=0.12')") from None
+            raise ConfigError(
+                "sampler.name", "'cmaes' needs the cmaes package (pip install 'cmaes>=0.12')"
+            ) from None
     elif not space.params and len(space.learners) == 1:
-        raise ConfigError("search_space", f"nothing to search: {space_src} has no parameters and there is one learner")
+        raise ConfigError(
+            "search_space", f"nothing to search: {space_src} has no parameters and there is one learner"
+        )
 
 
 def _check_scheduler(spec: StudySpec) -> None:
@@ -519,7 +585,9 @@ def _check_scheduler(spec: StudySpec) -> None:
                 raise ConfigError(f"scheduler.{name}", "only used with scheduler 'asha'")
         return
     if spec.sampler.name == "grid":
-        raise ConfigError("scheduler.name", "'asha' stops grid trials early and leaves holes in the grid table; use none")
+        raise ConfigError(
+            "scheduler.name", "'asha' stops grid trials early and leaves holes in the grid table; use none"
+        )
     its = spec.training.iterations
     max_t = sch.max_t or its
     grace = sch.grace_period or spec.training.eval_every
@@ -529,7 +597,8 @@ def _check_scheduler(spec: StudySpec) -> None:
         raise ConfigError("scheduler.grace_period", f"expected < max_t ({max_t}), got {grace}")
     if grace < spec.training.eval_every:
         raise ConfigError(
-            "scheduler.grace_period", f"trials report every training.eval_every = {spec.training.eval_every} "
+            "scheduler.grace_period",
+            f"trials report every training.eval_every = {spec.training.eval_every} "
             f"iterations; expected grace_period >= that, got {grace}",
         )
 
@@ -540,16 +609,18 @@ def _check_table(study: Study) -> None:
         knobs = {p.knob for p in study.space.params} | {p.name for p in study.space.params}
         if rows not in knobs:
             raise ConfigError(
-                "table.rows", f"expected 'best' or a searched parameter ({', '.join(sorted(knobs)) or 'none'}), got {rows!r}"
+                "table.rows",
+                f"expected 'best' or a searched parameter ({', '.join(sorted(knobs)) or 'none'}), "
+                f"got {rows!r}",
             )
     pub = study.spec.table.published
     if pub is not None and pub not in PUBLISHED:
-        raise ConfigError("table.published", f"unknown table {pub!r}; expected one of: {', '.join(sorted(PUBLISHED))}")
+        raise ConfigError(
+            "table.published", f"unknown table {pub!r}; expected one of: {', '.join(sorted(PUBLISHED))}"
+        )
 
 
-def load_study(
-    path: str | Path, *, storage: str | None = None, tracking_uri: str | None = None
-) -> Study:
+def load_study(path: str | Path, *, storage: str | None = None, tracking_uri: str | None = None) -> Study:
     """Read and validate a study YAML file (``metatune run``)."""
     path = Path(path)
     return parse_study(read_yaml(path), source=str(path), storage=storage, tracking_uri=tracking_uri)
@@ -573,7 +644,8 @@ def open_study(ref: str | Path, *, tracking_uri: str | None = None) -> Study:
     frozen = candidates[0]
     if not frozen.is_file():
         raise ConfigError(
-            "<study>", f"no study found at {frozen.parent} (expected {FROZEN_FILE} written by `metatune run`)",
+            "<study>",
+            f"no study found at {frozen.parent} (expected {FROZEN_FILE} written by `metatune run`)",
             source=str(ref),
         )
     data = read_yaml(frozen)

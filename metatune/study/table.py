@@ -68,14 +68,36 @@ class StudyTable:
     def to_csv(self) -> str:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow([self.rows_axis, "learner", f"{self.value}_mean", f"{self.value}_ci95", "status", "trials",
-                    "trial_id", "published_mean", "published_ci95"])
+        w.writerow(
+            [
+                self.rows_axis,
+                "learner",
+                f"{self.value}_mean",
+                f"{self.value}_ci95",
+                "status",
+                "trials",
+                "trial_id",
+                "published_mean",
+                "published_ci95",
+            ]
+        )
         for row in self.rows:
             for learner in self.learners:
                 c = self.cell(row, learner)
                 pub = c.published or (None, None)
-                w.writerow([_fmt_row(row), learner, _num(c.mean), _num(c.ci95), c.status, c.trials, c.trial_id or "",
-                            _num(pub[0]), _num(pub[1])])
+                w.writerow(
+                    [
+                        _fmt_row(row),
+                        learner,
+                        _num(c.mean),
+                        _num(c.ci95),
+                        c.status,
+                        c.trials,
+                        c.trial_id or "",
+                        _num(pub[0]),
+                        _num(pub[1]),
+                    ]
+                )
         return buf.getvalue()
 
     def to_markdown(self) -> str:
@@ -112,8 +134,14 @@ def _sort_key(v: Any) -> tuple[int, Any]:
 
 
 def build_table(
-    records: Sequence[TrialRecord], *, rows: str, learners: Sequence[str], value: str = "test_loss",
-    mode: str = "min", published: PublishedTable | None = None, title: str = "",
+    records: Sequence[TrialRecord],
+    *,
+    rows: str,
+    learners: Sequence[str],
+    value: str = "test_loss",
+    mode: str = "min",
+    published: PublishedTable | None = None,
+    title: str = "",
 ) -> StudyTable:
     """Group trials by (row value, learner). Several trials in one cell (a sweep) show the one
     with the best objective among those that did not diverge."""
@@ -131,8 +159,9 @@ def build_table(
         for pr in published.cells:
             row_values.setdefault(_fmt_row(float(pr)), float(pr))
     ordered = sorted(row_values.values(), key=_sort_key)
-    table = StudyTable(rows_axis=rows, value=value, learners=list(learners), rows=ordered, published=published,
-                       title=title)
+    table = StudyTable(
+        rows_axis=rows, value=value, learners=list(learners), rows=ordered, published=published, title=title
+    )
     sign = 1.0 if mode == "min" else -1.0
     for row in ordered:
         for learner in learners:
@@ -143,7 +172,9 @@ def build_table(
                 cell.published = published.get(row, learner)
             done = [t for t in trials if t.status == "completed"]
             if done:
-                best = min(done, key=lambda t: sign * (t.objective if t.objective is not None else math.inf * sign))
+                best = min(
+                    done, key=lambda t: sign * (t.objective if t.objective is not None else math.inf * sign)
+                )
                 cell.mean, cell.ci95 = getattr(best, value), getattr(best, ci_key)
                 cell.status, cell.trial_id = "completed", best.trial_id
                 if cell.mean is None and best.curves.get("loss_by_shots"):
