@@ -114,7 +114,7 @@ def _run(
             batch = batch.to(device=device, dtype=dtype)
             # Noise gets its own seed per chunk start so tasks never depend on what a learner draws.
             noise_gen = torch.Generator().manual_seed(seed * 7919 + done)
-            noise = learner.sample_noise(n, generator=noise_gen, meta_params=meta, steps=steps)
+            noise = learner.sample_noise(n, generator=noise_gen, meta_params=meta, steps=steps, training=False)
             noise = {k: v.to(device) for k, v in noise.items()}
             out = learner.batched(meta, batch, noise, steps=steps, lr_scale=lr_scale, record=True)
             outs.append({k: v.detach() for k, v in out.items()})

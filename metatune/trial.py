@@ -131,7 +131,8 @@ class Trainer:
         cfg = self.config.training
         batch = self.task.sample(cfg.meta_batch, generator=self.generator).to(device=self.device, dtype=self.dtype)
         noise = self.learner.sample_noise(
-            cfg.meta_batch, generator=self.generator, meta_params=self.meta, steps=self.learner.hparams["inner_steps"]
+            cfg.meta_batch, generator=self.generator, meta_params=self.meta, steps=self.learner.hparams["inner_steps"],
+            training=True,
         )
         noise = {k: v.to(self.device) for k, v in noise.items()}
         loss, grads, out = self._meta_grad(self.meta, batch, noise)

@@ -277,9 +277,8 @@ def test_mask_eval_modes():
         for lrn in (thr, exp_):
             nz = lrn.sample_noise(2, generator=gen, meta_params=meta, steps=3, training=True)
             assert EXPECTED not in nz and all(v.abs().sum() > 0 for v in nz.values())
-        # training=None: grad mode decides (evaluate draws under no_grad, the trainer with grad)
-        with torch.no_grad():
-            assert set(exp_.sample_noise(1, generator=gen, meta_params=meta, steps=1)) == {EXPECTED}
+        # training defaults to true; evaluation passes training=False explicitly
+        assert set(exp_.sample_noise(1, generator=gen, meta_params=meta, steps=1, training=False)) == {EXPECTED}
         assert EXPECTED not in exp_.sample_noise(1, generator=gen, meta_params=meta, steps=1)
         # sample mode at evaluation draws fresh masks (the authors' meta-test behaviour)
         ns = smp.sample_noise(2, generator=gen, meta_params=meta, steps=3, training=False)

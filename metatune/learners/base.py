@@ -85,8 +85,11 @@ class Learner(abc.ABC):
         """Backbone parameters plus any the learner meta-learns (rates, T, logits, ...)."""
         return self.backbone.init_params(generator=generator, dtype=dtype)
 
-    def sample_noise(self, num_tasks: int, *, generator: torch.Generator, meta_params: Params, steps: int) -> Noise:
-        """Random inputs of the inner loop, one row per task (default: none)."""
+    def sample_noise(
+        self, num_tasks: int, *, generator: torch.Generator, meta_params: Params, steps: int, training: bool = True,
+    ) -> Noise:
+        """Random inputs of the inner loop, one row per task (default: none). ``training`` is
+        False when the evaluation protocol draws them (MT-net's ``mask_eval`` reads it)."""
         return {}
 
     # ----------------------------------------------------------------- per task (under vmap)

@@ -43,10 +43,8 @@ Train vs evaluation masks (``mask_eval``): during meta-training masks are always
 evaluation, ``sample`` (default, faithful: fresh Gumbel noise, hard 0/1 as the code does at
 meta-test), ``threshold`` (M = 1[sigmoid(zeta) > 0.5], implemented as zero noise) or
 ``expected`` (M = sigmoid(zeta), a soft mask; the noise dict then carries only a per-task
-``mask_expected`` marker). Whether a call is for evaluation is told by ``sample_noise``'s
-``training`` keyword; when it is not given it is inferred from autograd's grad mode: the
-evaluation protocol (``metatune.evaluate``) draws noise under ``torch.no_grad()`` while the
-trainer draws it with gradients enabled.
+``mask_expected`` marker). The evaluation protocol (``metatune.evaluate``) calls
+``sample_noise(..., training=False)``; the trainer calls it with ``training=True``.
 
 Sign convention of the logged mask statistics (algorithms.md §3.6). P(M = 1, the unit/weight is
 updated) = sigmoid(+zeta). ``task_stats`` logs
@@ -155,16 +153,14 @@ class MaskedLearner(Learner):
 
     def sample_noise(
         self, num_tasks: int, *, generator: torch.Generator, meta_params: Params, steps: int,
-        training: bool | None = None,
+        training: bool = True,
     ) -> Noise:
         """Logistic noise g1 - g2 for every mask logit, ``[tasks, S, *zeta.shape]``.
 
-        ``training`` (default: ``torch.is_grad_enabled()``) selects sampled masks; otherwise
-        ``mask_eval`` decides (see the module docstring)."""
+        ``training`` selects sampled masks; otherwise ``mask_eval`` decides (see the module
+        docstring)."""
         if not self.use_M:
             return {}
-        if training is None:
-            training = torch.is_grad_enabled()
         mode = "sample" if training else self.hparams["mask_eval"]
         dtype = meta_params[self._zeta_keys[0]].dtype
         if mode == "expected":
