@@ -35,8 +35,10 @@ __all__ = ["EvaluationConfig", "RunConfig", "TrainingConfig", "Components", "loa
 class TrainingConfig:
     iterations: int = 1000
     meta_batch: int = 4
-    #: Adam step size of the outer loop (beta; CxGrad's eta).
+    #: Step size of the outer loop (beta; CxGrad's eta).
     outer_lr: float = 1e-3
+    #: Outer optimiser: Adam in every paper here except Wormhole's Avg-Threshold (plain SGD).
+    outer_optimizer: Literal["adam", "sgd"] = "adam"
     #: Clip every meta-gradient element to [-grad_clip, grad_clip] (TF miniImageNet: 10); null = off.
     grad_clip: float | None = None
     #: Validate on held-out tasks every this many iterations (0 = only at the end).

@@ -113,7 +113,8 @@ class Trainer:
         init_gen = torch.Generator().manual_seed(cfg.seed)
         params = self.learner.init_meta_params(generator=init_gen, dtype=self.dtype)
         self.meta = {k: v.to(self.device).requires_grad_() for k, v in params.items()}
-        self.optimizer = torch.optim.Adam(list(self.meta.values()), lr=cfg.training.outer_lr)
+        optimizer = torch.optim.Adam if cfg.training.outer_optimizer == "adam" else torch.optim.SGD
+        self.optimizer = optimizer(list(self.meta.values()), lr=cfg.training.outer_lr)
         # One stream for training tasks and inner-loop noise, seeded apart from the init.
         self.generator = torch.Generator().manual_seed(cfg.seed + 1_000_003)
         self.iteration = 0
