@@ -32,34 +32,28 @@ def _grad(loss: Tensor, tensors: list[Tensor], first_order: bool) -> tuple[Tenso
     return torch.autograd.grad(loss, tensors, create_graph=not first_order)
 
 
-@reference("maml", "fomaml")
-def maml_reference(learner: Learner, meta: dict, batch: TaskBatch, noise: dict, steps: int) -> Tensor:
-    hp = learner.hparams
+def _sgd_loop(learner: Learner, meta: dict, batch: TaskBatch, steps: int, rate) -> Tensor:
+    """Per-task loop: ``steps`` of theta <- theta - rate(key) * grad, then the mean query loss."""
     keys = list(learner.backbone.adapted_keys())
     total = 0.0
     for i in range(batch.num_tasks):
         fast = dict(meta)
         for _ in range(steps):
             loss = learner.task.loss(learner.backbone.apply(fast, batch.support_x[i]), batch.support_y[i])
-            grads = _grad(loss, [fast[k] for k in keys], hp["first_order"])
-            fast.update({k: fast[k] - hp["inner_lr"] * g for k, g in zip(keys, grads)})
+            grads = _grad(loss, [fast[k] for k in keys], learner.hparams["first_order"])
+            fast.update({k: fast[k] - rate(k) * g for k, g in zip(keys, grads)})
         total = total + learner.task.loss(learner.backbone.apply(fast, batch.query_x[i]), batch.query_y[i])
     return total / batch.num_tasks
+
+
+@reference("maml", "fomaml")
+def maml_reference(learner: Learner, meta: dict, batch: TaskBatch, noise: dict, steps: int) -> Tensor:
+    return _sgd_loop(learner, meta, batch, steps, lambda key: learner.hparams["inner_lr"])
 
 
 @reference("metasgd")
 def metasgd_reference(learner: Learner, meta: dict, batch: TaskBatch, noise: dict, steps: int) -> Tensor:
-    hp = learner.hparams
-    keys = list(learner.backbone.adapted_keys())
-    total = 0.0
-    for i in range(batch.num_tasks):
-        fast = dict(meta)
-        for _ in range(steps):
-            loss = learner.task.loss(learner.backbone.apply(fast, batch.support_x[i]), batch.support_y[i])
-            grads = _grad(loss, [fast[k] for k in keys], hp["first_order"])
-            fast.update({k: fast[k] - meta["lr/" + k] * g for k, g in zip(keys, grads)})
-        total = total + learner.task.loss(learner.backbone.apply(fast, batch.query_x[i]), batch.query_y[i])
-    return total / batch.num_tasks
+    return _sgd_loop(learner, meta, batch, steps, lambda key: meta["lr/" + key])
 
 
 # References of the other learner families live beside this file and register on import.

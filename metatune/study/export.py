@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from metatune.config import parse_config
-from metatune.study.records import TrialRecord
+from metatune.study.records import TrialRecord, format_params
 
 __all__ = ["Exported", "best_trials", "export_best", "summary_table"]
 
@@ -77,16 +77,6 @@ def export_best(
     return written
 
 
-def _searched(record: TrialRecord) -> str:
-    parts = []
-    for k, v in record.params.items():
-        if k == "learner":
-            continue
-        k = k.split(".", 1)[1] if k.startswith(f"{record.learner}.") else k
-        parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
-    return ", ".join(parts)
-
-
 def summary_table(records: Sequence[TrialRecord], *, metric: str, mode: str, learners: Sequence[str]) -> str:
     """One line per learner: trials, diverged, best objective, its test loss and config."""
     best = best_trials(records, mode=mode)
@@ -114,7 +104,7 @@ def summary_table(records: Sequence[TrialRecord], *, metric: str, mode: str, lea
                 str(sum(r.status == "error" for r in mine)),
                 f"{b.objective:.4g}" if b and b.objective is not None else "-",
                 f"{b.test_loss:.4g} ± {b.test_loss_ci95 or 0:.2g}" if b and b.test_loss is not None else "-",
-                _searched(b) if b else "-",
+                format_params(b) if b else "-",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -12,23 +12,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from metatune.study.records import TrialRecord
+from metatune.study.records import TrialRecord, format_params
 from metatune.study.report import Views
 from metatune.study.spec import Study
 
-__all__ = ["StudyMonitor", "format_params", "progress_line"]
+__all__ = ["StudyMonitor", "format_params", "progress_line"]  # format_params re-exported from records
 
 STATUS_FILE = "status.json"
-
-
-def format_params(record: TrialRecord) -> str:
-    parts = []
-    for k, v in record.params.items():
-        if k == "learner":
-            continue
-        k = k.split(".", 1)[1] if k.startswith(f"{record.learner}.") else k
-        parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
-    return ", ".join(parts)
 
 
 def _best(records: Sequence[TrialRecord], mode: str) -> TrialRecord | None:

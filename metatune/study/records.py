@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["TrialRecord", "final_payload", "finite", "intermediate_payload", "record_from_tune"]
+__all__ = ["TrialRecord", "final_payload", "finite", "format_params", "intermediate_payload", "record_from_tune"]
 
 #: Key of the final report that says how training ended ("completed" | "diverged").
 OUTCOME = "outcome"
@@ -207,3 +207,14 @@ def record_from_tune(
         curves=dict(res.get("curves") or {}),
         last_metrics=metrics,
     )
+
+
+def format_params(record: TrialRecord) -> str:
+    """The searched hyperparameters of a trial, short (learner prefix and name dropped)."""
+    parts = []
+    for k, v in record.params.items():
+        if k == "learner":
+            continue
+        k = k.split(".", 1)[1] if k.startswith(f"{record.learner}.") else k
+        parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
+    return ", ".join(parts)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from metatune.errors import ConfigError
 
-__all__ = ["interval", "split_counts", "split_fractions"]
+__all__ = ["episode_sizes", "interval", "split_counts", "split_fractions"]
 
 
 def interval(value: Sequence[float], field: str, *, strict: bool = True) -> None:
@@ -38,3 +38,12 @@ def split_counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
     else:
         n_test = min(round(fractions[2] * n), n - n_train - n_val)
     return n_train, n_val, n_test
+
+
+def episode_sizes(ways: int, shots: int, query: int) -> None:
+    """An N-way K-shot episode needs at least 2 classes and positive support/query sizes."""
+    if ways < 2:
+        raise ConfigError("ways", f"expected at least 2 classes per task, got {ways}")
+    for name, value in (("shots", shots), ("query", query)):
+        if value <= 0:
+            raise ConfigError(name, f"expected a positive number, got {value!r}")

@@ -30,9 +30,8 @@ from typing import Literal
 
 import torch
 
-from metatune._fields import positive
 from metatune.errors import ConfigError
-from metatune.tasks._checks import split_counts, split_fractions
+from metatune.tasks._checks import episode_sizes, split_counts, split_fractions
 from metatune.tasks.base import Split
 from metatune.tasks.episodes import SPLITS, ClassPool, EpisodicTask
 
@@ -68,10 +67,7 @@ class Digits(EpisodicTask):
     random_labels: bool = True
 
     def __post_init__(self) -> None:
-        if self.ways < 2:
-            raise ConfigError("ways", f"expected at least 2 classes per task, got {self.ways}")
-        positive(self.shots, "shots")
-        positive(self.query, "query")
+        episode_sizes(self.ways, self.shots, self.query)
         split_fractions(self.image_split, "image_split")
         if len(self.class_split) != 3:
             raise ConfigError("class_split",

@@ -35,7 +35,7 @@ import torch
 
 from metatune._fields import positive
 from metatune.errors import ConfigError
-from metatune.tasks._checks import split_counts, split_fractions
+from metatune.tasks._checks import episode_sizes, split_counts, split_fractions
 from metatune.tasks.base import Split, TaskBatch
 from metatune.tasks.episodes import SPLITS, ClassPool, EpisodicTask
 
@@ -103,10 +103,7 @@ class ImageFolder(EpisodicTask):
     random_labels: bool = True
 
     def __post_init__(self) -> None:
-        if self.ways < 2:
-            raise ConfigError("ways", f"expected at least 2 classes per task, got {self.ways}")
-        positive(self.shots, "shots")
-        positive(self.query, "query")
+        episode_sizes(self.ways, self.shots, self.query)
         positive(self.image_size, "image_size")
         if self.depth not in (1, 2):
             raise ConfigError(

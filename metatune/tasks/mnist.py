@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metatune._fields import positive
+from metatune.tasks._checks import episode_sizes
 from metatune.errors import ConfigError
 from metatune.tasks.base import Split
 from metatune.tasks.episodes import ClassPool, EpisodicTask
@@ -133,10 +133,7 @@ class MNIST(EpisodicTask):
     random_labels: bool = True
 
     def __post_init__(self) -> None:
-        if self.ways < 2:
-            raise ConfigError("ways", f"expected at least 2 classes per task, got {self.ways}")
-        positive(self.shots, "shots")
-        positive(self.query, "query")
+        episode_sizes(self.ways, self.shots, self.query)
         if not 0 < self.val_fraction < 1:
             raise ConfigError("val_fraction",
                               f"expected a fraction between 0 and 1, got {self.val_fraction!r}")
