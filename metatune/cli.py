@@ -36,23 +36,20 @@ def _print_eval(result) -> None:  # noqa: ANN001 - TrainResult
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from metatune.config import load_config
+    from metatune.config import parse_config, read_yaml
     from metatune.trial import CHECKPOINT_FILE, Trainer, to_json
 
-    overrides = {}
-    if args.seed is not None:
-        overrides["seed"] = args.seed
-    if args.device is not None:
-        overrides["device"] = args.device
-    components = load_config(args.config, overrides=overrides)
-    if args.iterations is not None:
-        import dataclasses
-
-        cfg = components.config
-        training = dataclasses.replace(cfg.training, iterations=args.iterations)
-        from metatune.config import parse_config
-
-        components = parse_config(dataclasses.replace(cfg, training=training).to_dict(), source=args.config)
+    data = read_yaml(args.config)
+    if isinstance(data, dict):  # anything else is reported by parse_config
+        if args.seed is not None:
+            data["seed"] = args.seed
+        if args.device is not None:
+            data["device"] = args.device
+        if args.iterations is not None:
+            training = data.get("training") or {}
+            if isinstance(training, dict):
+                data["training"] = {**training, "iterations": args.iterations}
+    components = parse_config(data, source=args.config)
     cfg = components.config
     out = Path(args.output) if args.output else Path("metatune_results") / "train" / f"{Path(args.config).stem}-seed{cfg.seed}"
     ckpt = out / CHECKPOINT_FILE

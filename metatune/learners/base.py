@@ -74,12 +74,6 @@ class Learner(abc.ABC):
                 f"'{backbone.name}' has none",
             )
 
-    def __getattr__(self, key: str) -> Value:
-        hparams = self.__dict__.get("hparams")
-        if hparams is not None and key in hparams:
-            return hparams[key]
-        raise AttributeError(f"{type(self).__name__} has no attribute {key!r}")
-
     # ----------------------------------------------------------------- meta-parameters
     def init_meta_params(self, *, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> Params:
         """Backbone parameters plus any the learner meta-learns (rates, T, logits, ...)."""
