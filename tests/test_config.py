@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from metatune.cli import main
+from mutate import DELETE, mutate
 from metatune.config import parse_config
 from metatune.errors import ConfigError
 
@@ -20,15 +21,7 @@ GOOD = {
 
 
 def with_(path: tuple[str, ...], value, base=GOOD):
-    data = yaml.safe_load(yaml.safe_dump(base))
-    node = data
-    for key in path[:-1]:
-        node = node.setdefault(key, {})
-    if value is KeyError:
-        node.pop(path[-1])
-    else:
-        node[path[-1]] = value
-    return data
+    return mutate(base, path, DELETE if value is KeyError else value)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from metatune.cli import main
+from mutate import DELETE, mutate
 from metatune.errors import ConfigError
 from metatune.learners import LEARNERS
 from metatune.study.search_space import parse_search_space
@@ -36,19 +37,10 @@ GOOD = {
 
 
 def _with(path: str, value):
-    data = copy.deepcopy(GOOD)
-    node = data
-    keys = path.split(".")
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-    if value is _DELETE:
-        node.pop(keys[-1])
-    else:
-        node[keys[-1]] = value
-    return data
+    return mutate(GOOD, path, value)
 
 
-_DELETE = object()
+_DELETE = DELETE
 GRID = {"params": {"inner_lr": {"grid": [0.01, 0.1]}}}
 
 BAD = [
