@@ -10,8 +10,10 @@ NaN ever reaches Tune, Optuna or ASHA (diverged trials report a finite penalty p
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,19 +24,26 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
+import optuna  # noqa: E402
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
+from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from metatune.errors import ConfigError  # noqa: E402
 from metatune.study.records import (  # noqa: E402
+    OUTCOME,
     TrialRecord,
+    finite,
     final_payload,
     intermediate_payload,
     record_from_tune,
 )
 from metatune.study.spec import FROZEN_FILE, TUNE_NAME, Study, parse_study  # noqa: E402
 
-__all__ = ["can_resume", "init_ray", "read_records", "run_study", "shutdown_ray"]
+__all__ = ["StudySearch", "can_resume", "init_ray", "optuna_trials", "read_records", "run_study", "shutdown_ray"]
+
+#: In the checkpoint of a finished trial: its final report, replayed if the trial runs again.
+FINAL_FILE = "final.json"
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +55,31 @@ _MONITORS: dict[str, Any] = {}
 # ---------------------------------------------------------------------- the trainable
 def _run_trial(frozen: dict[str, Any], config: dict[str, Any]) -> None:
     from metatune.config import parse_config
-    from metatune.trial import CHECKPOINT_FILE, Trainer
+    from metatune.trial import CHECKPOINT_FILE, Trainer, to_json
 
     study = parse_study(frozen, source=FROZEN_FILE)
     if os.path.isdir(study.cwd):
         os.chdir(study.cwd)  # relative task paths resolve as in the driver
     components = parse_config(study.run_config_for(config))
     checkpoint = tune.get_checkpoint()
+    trainer = None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
+            final = Path(d) / FINAL_FILE
+            if final.is_file():
+                # The trial had finished but the driver died before Tune's experiment snapshot
+                # recorded it: report the stored outcome again instead of training again.
+                tune.report({**json.loads(final.read_text()), "replayed": 1.0})
+                return
             trainer = Trainer.restore(Path(d) / CHECKPOINT_FILE, components)
-    else:
+    if trainer is None:
         trainer = Trainer(components)
 
     def report(metrics: dict[str, float], tr: Any) -> None:
+        if tr.iteration >= components.config.training.iterations:
+            # The final report below carries this validation. Sent twice, ASHA would stop the
+            # trial at max_t before its test evaluation arrives.
+            return
         payload = intermediate_payload(metrics, metric=study.metric, penalty=study.penalty)
         with tempfile.TemporaryDirectory(prefix="metatune-ckpt-") as d:
             tr.save(Path(d) / CHECKPOINT_FILE)
@@ -73,9 +93,10 @@ def _run_trial(frozen: dict[str, Any], config: dict[str, Any]) -> None:
             validation = {k: last[k] for k in ("val_loss", "val_loss_ci95", "val_accuracy") if k in last}
         else:
             validation = trainer.validate()
-    tune.report(
-        final_payload(result.to_dict(), metric=study.metric, penalty=study.penalty, validation=validation)
-    )
+    payload = final_payload(result.to_dict(), metric=study.metric, penalty=study.penalty, validation=validation)
+    with tempfile.TemporaryDirectory(prefix="metatune-final-") as d:
+        (Path(d) / FINAL_FILE).write_text(to_json(payload))
+        tune.report(payload, checkpoint=tune.Checkpoint.from_directory(d))
 
 
 def make_trainable(study: Study) -> Any:
@@ -201,10 +222,72 @@ def _trial_dirname(trial: Any) -> str:
     return f"trial-{trial.trial_id}"
 
 
+# ---------------------------------------------------------------------- the searcher
+#: User attributes every Optuna trial carries, so Optuna's record reads on its own.
+ATTR_TUNE_ID = "metatune.trial_id"
+ATTR_OUTCOME = "metatune.outcome"
+ATTR_RETRY_OF = "metatune.retry_of"
+
+
+def _outcome_attrs(result: dict | None, *, error: bool) -> dict[str, Any]:
+    if error:
+        return {ATTR_OUTCOME: "error"}
+    res = result or {}
+    attrs: dict[str, Any] = {ATTR_OUTCOME: res.get(OUTCOME) or "stopped"}  # no outcome: ASHA cut it
+    for key in ("iteration", "diverged_at", "last_finite_loss"):
+        if res.get(key) is not None:
+            attrs[f"metatune.{key}"] = res[key]
+    return attrs
+
+
+class StudySearch(OptunaSearch):
+    """Ray's OptunaSearch with a complete Optuna record.
+
+    Every Optuna trial carries its Tune trial id and, once finished, how it ended (completed,
+    diverged with iteration and last finite loss, stopped by the scheduler, error). Ray's
+    searcher drops the result of a trial it already told as failed, so a trial that errored
+    and then finished on a retry (``metatune resume`` re-runs errored trials) would stay
+    invisible to the sampler: it is added as a new COMPLETE Optuna trial with the same params.
+    """
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if config is not None and ot_trial is not None:
+            ot_trial.set_user_attr(ATTR_TUNE_ID, trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials:
+            return  # progress of a retried trial: only its final result matters to Optuna
+        super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            return super().on_trial_complete(trial_id, result, error)
+        attrs = _outcome_attrs(result, error=error)
+        if trial_id not in self._completed_trials:
+            for key, value in attrs.items():
+                ot_trial.set_user_attr(key, value)
+            return super().on_trial_complete(trial_id, result, error)
+        value = finite((result or {}).get(self.metric))
+        if error or value is None:
+            return
+        first = self._ot_study.trials[ot_trial.number]
+        self._ot_study.add_trial(
+            optuna.trial.create_trial(
+                params=first.params,
+                distributions=first.distributions,
+                value=value,
+                user_attrs={**first.user_attrs, **attrs, ATTR_RETRY_OF: first.number},
+            )
+        )
+
+
 # ---------------------------------------------------------------------- the tuner
 def build_tuner(study: Study, trainable: Any) -> Any:
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-    from ray.tune.search.optuna import OptunaSearch
 
     from metatune.study.sampler import make_sampler
 
@@ -212,7 +295,7 @@ def build_tuner(study: Study, trainable: Any) -> Any:
     sampler = make_sampler(
         s.sampler.name, seed=study.sampler_seed, space=study.space, startup_trials=s.sampler.startup_trials
     )
-    searcher = OptunaSearch(
+    searcher = StudySearch(
         space=study.space,
         metric=study.metric,
         mode=study.mode,
@@ -328,3 +411,17 @@ def read_records(study: Study) -> list[TrialRecord]:
         return []
     analysis = ExperimentAnalysis(study.tune_path, default_metric=study.metric, default_mode=study.mode)
     return _records(study, list(analysis.trials))
+
+
+def optuna_trials(study: Study) -> list[Any]:
+    """Optuna's record of the study (FrozenTrials), read from the searcher state Tune saved with
+    its last experiment snapshot. Local storage only; [] before the first snapshot."""
+    if "://" in str(study.tune_path):
+        return []
+    states = sorted(Path(study.tune_path).glob("searcher-state-*.pkl"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return []
+    with open(states[-1], "rb") as f:
+        state = pickle.load(f)  # noqa: S301 - written by Tune for this study, like its own restore
+    ot_study = state.get("_ot_study") if isinstance(state, dict) else None
+    return list(ot_study.trials) if ot_study is not None else []
