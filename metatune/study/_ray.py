@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ from typing import Any
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Snapshot the experiment (trial states + searcher) every second instead of Tune's adaptive
+# 10 s or more: a driver killed with SIGKILL then loses at most a second of bookkeeping, so a
+# trial that finished is not run again and a started one is not forgotten. Remote storage
+# still uploads on its own, slower sync period.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
 import optuna  # noqa: E402
 import ray  # noqa: E402
@@ -40,7 +46,7 @@ from metatune.study.records import (  # noqa: E402
 )
 from metatune.study.spec import FROZEN_FILE, TUNE_NAME, Study, parse_study  # noqa: E402
 
-__all__ = ["StudySearch", "can_resume", "init_ray", "optuna_trials", "read_records", "run_study", "shutdown_ray"]
+__all__ = ["StudySearch", "can_resume", "init_ray", "optuna_trials", "prune_checkpoints", "read_records", "run_study", "shutdown_ray"]
 
 #: In the checkpoint of a finished trial: its final report, replayed if the trial runs again.
 FINAL_FILE = "final.json"
@@ -260,6 +266,14 @@ class StudySearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials:
             return  # progress of a retried trial: only its final result matters to Optuna
+        # A trial restored from a checkpoint may report a step again; Optuna would warn.
+        last = getattr(self, "_last_steps", None)
+        if last is None:
+            last = self._last_steps = {}
+        step = result.get("training_iteration", 0)
+        if step <= last.get(trial_id, -1):
+            return
+        last[trial_id] = step
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -327,7 +341,10 @@ def build_tuner(study: Study, trainable: Any) -> Any:
         name=TUNE_NAME,
         storage_path=study.tune_root,
         failure_config=tune.FailureConfig(max_failures=s.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        # Tune would delete old checkpoints itself (num_to_keep), but after a killed driver its
+        # restored list can name a folder already deleted, and Tune then fails to register the
+        # new checkpoint (FileNotFoundError). We prune after each driver run instead.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         callbacks=[StudyCallback(str(study.dir)), JsonLoggerCallback(), CSVLoggerCallback()],
         verbose=0,
     )
@@ -392,11 +409,26 @@ def run_study(study: Study, monitor: Any, *, resume: bool = False) -> dict[str, 
         grid = tuner.fit()
     finally:
         _MONITORS.pop(key, None)
+        prune_checkpoints(study)
     counts: dict[str, int] = {}
     for res in grid:
         status = "ERROR" if res.error else "TERMINATED"
         counts[status] = counts.get(status, 0) + 1
     return counts
+
+
+def prune_checkpoints(study: Study, *, keep: int = 2) -> int:
+    """Delete all but the newest ``keep`` checkpoints of every trial (local storage, driver
+    stopped). A trial only ever restores from its newest one. Returns how many were removed."""
+    if "://" in str(study.tune_path):
+        return 0
+    removed = 0
+    for trial_dir in Path(study.tune_path).glob("trial-*"):
+        checkpoints = sorted(trial_dir.glob("checkpoint_*"))
+        for old in checkpoints[:-keep] if keep else checkpoints:
+            shutil.rmtree(old, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 # ---------------------------------------------------------------------- reading storage
@@ -418,7 +450,8 @@ def optuna_trials(study: Study) -> list[Any]:
     its last experiment snapshot. Local storage only; [] before the first snapshot."""
     if "://" in str(study.tune_path):
         return []
-    states = sorted(Path(study.tune_path).glob("searcher-state-*.pkl"), key=lambda p: p.stat().st_mtime)
+    # One file per driver run, named by its start time (Tune rewrites them all, so no mtimes).
+    states = sorted(Path(study.tune_path).glob("searcher-state-*.pkl"))
     if not states:
         return []
     with open(states[-1], "rb") as f:

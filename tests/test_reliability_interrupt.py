@@ -1,0 +1,165 @@
+"""The study driver is interrupted again and again (Ctrl-C and SIGKILL, mid-trial, right after a
+trial finished, during start-up) and `metatune resume` finishes the study each time. At the end
+the trial set is exactly the planned one, no finished trial trained again, every MLflow run
+exists once and none is left RUNNING, and Optuna holds a finished trial for every Tune trial.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import yaml
+from study_process import Driver, finals, trial_rows
+
+pytestmark = pytest.mark.slow  # 2-3 minutes: five driver processes, each starting Ray
+
+STUDY = {
+    "name": "interrupted",
+    "seed": 0,
+    "task": {"name": "sine", "protocol": "metasgd", "shots": 5},
+    "learners": {"maml": {}, "metasgd": {}},
+    "search_space": {"params": {"inner_lr": {"low": 1e-3, "high": 0.5, "log": True}}},
+    "sampler": {"name": "tpe", "seed": 3, "startup_trials": 2},
+    "trials": 6,
+    "max_concurrent_trials": 2,
+    "resources": {"cpus": 1},
+    "training": {
+        "iterations": 600,
+        "meta_batch": 4,
+        "eval_every": 50,
+        "log_every": 10,
+        "val_tasks": 20,
+        "checkpoint_every": 50,
+    },
+    "evaluation": {"tasks": 50, "shots": [5], "inner_steps": 1, "lr_scales": [0.5, 1.0]},
+}
+
+
+def _n_rows(d: Path) -> int:
+    return sum(len(rows) for rows in trial_rows(d).values())
+
+
+def _n_finals(d: Path) -> int:
+    return sum(len(finals(rows)) for rows in trial_rows(d).values())
+
+
+@pytest.fixture(scope="module")
+def interrupted_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("interrupted")
+    study_dir = root / "out"
+    study_file = root / "study.yaml"
+    study_file.write_text(yaml.safe_dump({**STUDY, "storage": str(study_dir)}))
+    common = ["--num-cpus", "2", "--progress-every", "30"]
+    # (command, when to interrupt, signal); the last phase runs to the end.
+    phases = [
+        (["run", str(study_file)], "first trial report", signal.SIGINT),
+        (["resume", str(study_dir)], "a trial just finished", signal.SIGKILL),
+        (["resume", str(study_dir)], "start-up (3 s)", signal.SIGKILL),
+        (["resume", str(study_dir)], "mid-trial", signal.SIGINT),
+        (["resume", str(study_dir)], "mid-trial", signal.SIGKILL),
+        (["resume", str(study_dir)], None, None),
+    ]
+    delivered: list[tuple[str, str, int]] = []
+    code = None
+    for i, (args, when, sig) in enumerate(phases):
+        driver = Driver(args + common, cwd=root, log=root / f"driver{i}.log")
+        try:
+            if sig is None:
+                code = driver.finish(timeout=400)
+                break
+            rows0, finals0 = _n_rows(study_dir), _n_finals(study_dir)
+            if when == "start-up (3 s)":
+                cond = lambda: driver.elapsed() > 3  # noqa: E731
+            elif when == "a trial just finished":
+                cond = lambda: _n_finals(study_dir) > finals0  # noqa: E731
+            else:
+                cond = lambda: _n_rows(study_dir) > rows0  # noqa: E731
+            if driver.wait_for(cond, timeout=300):
+                delivered.append((when, sig.name, driver.interrupt(sig)))
+            else:  # the study ended before the moment came
+                code = driver.finish(timeout=60)
+                break
+        finally:
+            driver.cleanup()
+    return {"dir": study_dir, "root": root, "code": code, "delivered": delivered}
+
+
+def _study(d: Path):
+    from metatune.study import _ray
+    from metatune.study.spec import open_study
+
+    study = open_study(d)
+    return study, _ray.read_records(study)
+
+
+def test_resume_finishes_the_planned_trial_set(interrupted_study):
+    delivered = interrupted_study["delivered"]
+    assert len(delivered) >= 4, delivered
+    assert all(rc != 0 for _, _, rc in delivered)  # each interrupted driver said so
+    assert interrupted_study["code"] == 0
+    study, records = _study(interrupted_study["dir"])
+    assert len(records) == STUDY["trials"]
+    assert len({r.trial_id for r in records}) == STUDY["trials"]
+    assert {r.status for r in records} == {"completed"}
+    # No trial that reported anything was forgotten. A SIGKILL can land in the second between
+    # Tune starting a trial and its next snapshot: that trial's folder stays behind, empty.
+    rows = trial_rows(interrupted_study["dir"])
+    on_disk = {p.name.removeprefix("trial-") for p in (interrupted_study["dir"] / "tune").glob("trial-*")}
+    forgotten = on_disk - {r.trial_id for r in records}
+    assert not [t for t in forgotten if rows.get(t)], "a trial that reported results was lost"
+    print(f"\ninterruptions {delivered}; empty trial folders left by a kill: {len(forgotten)}")
+    for d in (interrupted_study["dir"] / "tune").glob("trial-*"):
+        assert len(list(d.glob("checkpoint_*"))) <= 2  # pruned after each driver run
+    from metatune.study.results import read_trials
+
+    assert sorted(row["trial_id"] for row in read_trials(study.parquet_path)) == sorted(
+        r.trial_id for r in records
+    )
+
+
+def test_no_finished_trial_trains_again(interrupted_study):
+    for trial_id, rows in trial_rows(interrupted_study["dir"]).items():
+        ends = [i for i, r in enumerate(rows) if "outcome" in r]
+        assert ends, f"trial {trial_id} never finished"
+        first = rows[ends[0]]
+        for later in rows[ends[0] + 1 :]:
+            # After its final report a trial may only replay that report (driver killed before
+            # Tune's snapshot saw the trial finish); it never trains or evaluates again.
+            assert later.get("replayed") == 1.0, (trial_id, later)
+            assert later["test_loss"] == first["test_loss"]
+            assert later["iteration"] == first["iteration"]
+
+
+def test_mlflow_has_each_run_once_and_none_running(interrupted_study):
+    from mlflow.tracking import MlflowClient
+
+    study, records = _study(interrupted_study["dir"])
+    client = MlflowClient(study.tracking_uri)
+    exp = client.get_experiment_by_name(study.experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("metatune.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("metatune.role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    ids = [r.data.tags["metatune.trial_id"] for r in children]
+    assert sorted(ids) == sorted(r.trial_id for r in records)  # once each, none extra
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert all(r.data.tags.get("metatune.final") == "1" for r in children)
+
+
+def test_optuna_has_a_finished_trial_for_every_tune_trial(interrupted_study):
+    import optuna
+
+    from metatune.study import _ray
+
+    study, records = _study(interrupted_study["dir"])
+    trials = _ray.optuna_trials(study)
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    complete = {
+        t.user_attrs[_ray.ATTR_TUNE_ID]: t for t in trials if t.state == optuna.trial.TrialState.COMPLETE
+    }
+    assert set(complete) == {r.trial_id for r in records}
+    for r in records:
+        assert complete[r.trial_id].value == pytest.approx(r.objective)
+        assert complete[r.trial_id].params["inner_lr"] == pytest.approx(r.params["inner_lr"])
