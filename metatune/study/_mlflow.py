@@ -22,6 +22,16 @@ from metatune.study.records import TrialRecord
 __all__ = ["Tracker", "ui_command"]
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# MLflow's HTTP defaults (7 retries, backoff factor 2, 120 s timeout) hold a call to a server
+# that is down for about 4 minutes, on the Tune driver's thread. Fail within seconds instead:
+# the study goes on and `metatune report` catches up.
+for _key, _value in (
+    ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
+    ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+    ("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0"),
+    ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"),
+):
+    os.environ.setdefault(_key, _value)
 
 TAG_STUDY = "metatune.study"
 TAG_ROLE = "metatune.role"
@@ -183,7 +193,11 @@ class Tracker:
             for run in self._search(f"tags.`{_PARENT_TAG}` = '{self.parent_id}'"):
                 tid = run.data.tags.get(TAG_TRIAL)
                 if tid and tid not in self._children:
-                    self._children[tid] = {"run_id": run.info.run_id, "tags": dict(run.data.tags)}
+                    self._children[tid] = {
+                        "run_id": run.info.run_id,
+                        "tags": dict(run.data.tags),
+                        "status": run.info.status,
+                    }
         return self._children
 
     def _child(self, record: TrialRecord) -> str:
@@ -204,7 +218,7 @@ class Tracker:
         )
         rid = run.info.run_id
         self._created.add(rid)
-        runs[record.trial_id] = {"run_id": rid, "tags": {}}
+        runs[record.trial_id] = {"run_id": rid, "tags": {}, "status": "RUNNING"}
         params = {**{k: v for k, v in record.params.items()}, **_flatten(record.run_config, "config.")}
         self._params(
             rid, {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in params.items()}
@@ -227,7 +241,13 @@ class Tracker:
         if run is None:
             return False
         tags = run["tags"]
-        return tags.get(TAG_FINAL) == "1" and tags.get(TAG_STATUS) == record.status
+        # The run status too: a write cut off between the final tags and the termination
+        # must still be finished by the next rebuild.
+        return (
+            tags.get(TAG_FINAL) == "1"
+            and tags.get(TAG_STATUS) == record.status
+            and run.get("status") == _TERMINAL.get(record.status)
+        )
 
     def log_trial(
         self, record: TrialRecord, *, plot: Path | None = None, files: Mapping[str, Path] = {}
@@ -284,6 +304,7 @@ class Tracker:
         self._child_runs()[record.trial_id]["tags"].update(tags)
         if record.status in _TERMINAL:
             self.client.set_terminated(rid, status=_TERMINAL[record.status])
+            self._child_runs()[record.trial_id]["status"] = _TERMINAL[record.status]
         return rid
 
 

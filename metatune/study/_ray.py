@@ -16,6 +16,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 import optuna  # noqa: E402
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
+from ray.tune.search import ConcurrencyLimiter  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from metatune.errors import ConfigError  # noqa: E402
@@ -120,18 +122,27 @@ def make_trainable(study: Study) -> Any:
 
 # ---------------------------------------------------------------------- records
 def _error_text(trial: Any) -> str | None:
-    for attr in ("error_file", "pickled_error_file"):
-        path = getattr(trial, attr, None)
-        if path and not str(path).endswith(".pkl"):
-            try:
-                text = Path(path).read_text(errors="replace").strip()
-            except OSError:
-                continue
-            lines = [ln for ln in text.splitlines() if ln.strip()]
-            return lines[-1] if lines else text
+    """The last line of the trial's error file (live: Tune's staging copy; read back: the
+    trial folder in storage, as Tune's own property needs a running Ray there)."""
     md = getattr(trial, "run_metadata", None)
-    msg = getattr(md, "error_filename", None) if md is not None else None
-    return "trial failed" + (f" (see {msg})" if msg else "")
+    name = getattr(md, "error_filename", None) if md is not None else None
+    candidates = []
+    d = _local_trial_dir(trial)
+    if d is not None and name:
+        candidates.append(d / name)
+    if ray.is_initialized():
+        try:
+            candidates.append(trial.error_file)
+        except Exception:  # noqa: BLE001 - a missing staging dir just means no text
+            pass
+    for path in candidates:
+        try:
+            text = Path(path).read_text(errors="replace").strip()
+        except (OSError, TypeError):
+            continue
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        return lines[-1] if lines else text
+    return "trial failed" + (f" (see {name})" if name else "")
 
 
 def _record(
@@ -146,6 +157,14 @@ def _record(
         return None
     tune_status = status or trial.status
     md = getattr(trial, "run_metadata", None)
+    num_failures = int(getattr(md, "num_failures", 0) or 0)
+    error = _error_text(trial) if tune_status == "ERROR" else None
+    marker = _error_marker(trial)
+    if status is None and tune_status not in ("TERMINATED", "ERROR") and marker:
+        # Tune's snapshot can be stale for a trial whose worker died (see _mark_error).
+        if marker["time"] >= float(getattr(md, "last_result_time", 0) or 0):
+            tune_status, error = "ERROR", marker["error"]
+            num_failures = max(num_failures, int(marker["num_failures"]))
     return record_from_tune(
         trial.trial_id,
         config,
@@ -153,9 +172,42 @@ def _record(
         result if result is not None else trial.last_result,
         run_config=run_config,
         metric=study.metric,
-        num_failures=int(getattr(md, "num_failures", 0) or 0),
-        error=_error_text(trial) if tune_status == "ERROR" else None,
+        num_failures=num_failures,
+        error=error,
     )
+
+
+#: Written into a trial's folder when it ends in error (see _mark_error).
+ERROR_MARKER = "metatune_error.json"
+
+
+def _local_trial_dir(trial: Any) -> Path | None:
+    path = getattr(trial, "path", None)
+    return Path(path) if path and "://" not in str(path) and os.path.isdir(path) else None
+
+
+def _mark_error(trial: Any, record: TrialRecord) -> None:
+    """Ray 2.60 leaves a trial whose worker process died out of its next experiment snapshot
+    (``TuneController._schedule_trial_stop`` returns before marking it), so storage keeps
+    saying RUNNING and the error is lost when the study is read back. Record it ourselves."""
+    d = _local_trial_dir(trial)
+    if d is None:
+        return
+    data = {"time": time.time(), "num_failures": record.num_failures, "error": record.error}
+    tmp = d / f".{ERROR_MARKER}.tmp"
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, d / ERROR_MARKER)
+
+
+def _error_marker(trial: Any) -> dict[str, Any] | None:
+    d = _local_trial_dir(trial)
+    if d is None or not (d / ERROR_MARKER).is_file():
+        return None
+    try:
+        data = json.loads((d / ERROR_MARKER).read_text())
+        return {"time": float(data["time"]), "num_failures": int(data["num_failures"]), "error": data["error"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _records(study: Study, trials: list[Any]) -> list[TrialRecord]:
@@ -202,6 +254,10 @@ class StudyCallback(tune.Callback):
 
     @_guarded
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        mon = self._monitor()
+        rec = _record(mon.study, trial, status="ERROR") if mon is not None else None
+        if rec is not None:
+            _mark_error(trial, rec)
         self._finished(trials, trial, "ERROR")
 
     def _finished(self, trials: list, trial: Any, status: str) -> None:
@@ -299,6 +355,16 @@ class StudySearch(OptunaSearch):
         )
 
 
+class StudyLimiter(ConcurrencyLimiter):
+    """Tune's ConcurrencyLimiter drops the result of a trial it no longer counts as live, which
+    is every trial re-run by ``metatune resume`` after an error; pass those on to Optuna."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if self._limit_concurrency and trial_id not in self.live_trials:
+            return self.searcher.on_trial_complete(trial_id, result=result, error=error)
+        return super().on_trial_complete(trial_id, result=result, error=error)
+
+
 # ---------------------------------------------------------------------- the tuner
 def build_tuner(study: Study, trainable: Any) -> Any:
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -329,10 +395,12 @@ def build_tuner(study: Study, trainable: Any) -> Any:
     tune_config = tune.TuneConfig(
         metric=study.metric,
         mode=study.mode,
-        search_alg=searcher,
+        search_alg=StudyLimiter(searcher, max_concurrent=s.max_concurrent_trials)
+        if s.max_concurrent_trials
+        else searcher,
         scheduler=scheduler,
         num_samples=study.num_trials,
-        max_concurrent_trials=s.max_concurrent_trials,
+        max_concurrent_trials=None,  # StudyLimiter above
         trial_name_creator=_trial_name,
         trial_dirname_creator=_trial_dirname,
         reuse_actors=True,  # a new trial skips the worker start-up (torch import) when it can

@@ -96,6 +96,13 @@ def _execute(study: Any, args: argparse.Namespace, *, resume: bool) -> int:
     if state != "finished":
         print(f"\nstudy interrupted: `metatune resume {study.dir}` finishes it")
         return 130 if interrupted else 1
+    failed = [r for r in records if r.status == "error"]
+    if failed:
+        print(
+            f"\n{len(failed)} trial(s) failed ({', '.join(r.name for r in failed)}): "
+            f"`metatune resume {study.dir}` retries them from their last checkpoints"
+        )
+        return 1
     return 0
 
 
