@@ -62,6 +62,7 @@ def interrupted_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
         (["resume", str(study_dir)], None, None),
     ]
     delivered: list[tuple[str, str, int]] = []
+    running_after_sigint: list[list[str]] = []
     code = None
     for i, (args, when, sig) in enumerate(phases):
         driver = Driver(args + common, cwd=root, log=root / f"driver{i}.log")
@@ -78,12 +79,34 @@ def interrupted_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
                 cond = lambda: _n_rows(study_dir) > rows0  # noqa: E731
             if driver.wait_for(cond, timeout=300):
                 delivered.append((when, sig.name, driver.interrupt(sig)))
+                if sig == signal.SIGINT:  # a driver that stops on its own leaves nothing RUNNING
+                    running_after_sigint.append(_running_runs(study_dir))
             else:  # the study ended before the moment came
                 code = driver.finish(timeout=60)
                 break
         finally:
             driver.cleanup()
-    return {"dir": study_dir, "root": root, "code": code, "delivered": delivered}
+    return {
+        "dir": study_dir,
+        "root": root,
+        "code": code,
+        "delivered": delivered,
+        "running_after_sigint": running_after_sigint,
+    }
+
+
+def _running_runs(study_dir: Path) -> list[str]:
+    from mlflow.tracking import MlflowClient
+
+    from metatune.study.spec import open_study
+
+    study = open_study(study_dir)
+    client = MlflowClient(study.tracking_uri)
+    exp = client.get_experiment_by_name(study.experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return [r.info.run_name for r in runs if r.info.status == "RUNNING"]
 
 
 def _study(d: Path):
@@ -141,6 +164,7 @@ def test_mlflow_has_each_run_once_and_none_running(interrupted_study):
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("metatune.role") == "parent"]
     children = [r for r in runs if r.data.tags.get("metatune.role") == "trial"]
+    assert interrupted_study["running_after_sigint"] == [[]] * len(interrupted_study["running_after_sigint"])
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     ids = [r.data.tags["metatune.trial_id"] for r in children]
     assert sorted(ids) == sorted(r.trial_id for r in records)  # once each, none extra

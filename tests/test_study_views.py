@@ -223,3 +223,33 @@ def test_export_writes_trainable_configs(tmp_path):
     assert trainable_config(records[0])["device"] == "auto"
     text = summary_table(records, metric="val_loss", mode="min", learners=["maml", "metasgd"])
     assert "maml     3       2     1" in text and "inner_lr=0.1" in text
+
+
+def test_mlflow_runs_of_interrupted_and_lost_trials_are_closed(tmp_path):
+    """A driver that stops leaves no run RUNNING: unfinished trials' runs become KILLED
+    ('interrupted') and RUNNING again when the resumed trial reports; runs of trials Tune never
+    recorded are closed as lost."""
+    from mlflow.tracking import MlflowClient
+
+    from metatune.study._mlflow import Tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri, "views", study="views", artifact_location=str(tmp_path / "art"))
+    tracker.start({"name": "views"})
+    paused, lost = _record("a1", "maml", 0.01, status="running"), _record("b2", "maml", 0.1, status="running")
+    for r in (paused, lost):
+        tracker.log_progress(r, {"iteration": 10, "train_loss": 1.0})
+    paused.status = "pending"
+    tracker.suspend([paused])
+    assert tracker.close_unknown({"a1"}) == ["b2"]
+    client = MlflowClient(uri)
+    run = {r.trial_id: client.get_run(tracker._child_runs()[r.trial_id]["run_id"]) for r in (paused, lost)}
+    assert run["a1"].info.status == "KILLED" and run["a1"].data.tags["metatune.status"] == "interrupted"
+    assert run["b2"].info.status == "KILLED" and run["b2"].data.tags["metatune.status"] == "lost"
+    # A fresh tracker (the resumed driver) finds the run again and marks it running.
+    again = Tracker(uri, "views", study="views", artifact_location=str(tmp_path / "art"))
+    again.start({"name": "views"})
+    paused.status = "running"
+    again.log_progress(paused, {"iteration": 20, "train_loss": 0.9})
+    assert client.get_run(again._child_runs()["a1"]["run_id"]).info.status == "RUNNING"
+    assert again.close_unknown({"a1"}) == []  # b2 is closed already

@@ -30,6 +30,8 @@ for _key, _value in (
     ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
     ("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0"),
     ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"),
+    # No "View run at ..." lines in the driver's output (and no extra request per run).
+    ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"),
 ):
     os.environ.setdefault(_key, _value)
 
@@ -225,9 +227,20 @@ class Tracker:
         )
         return rid
 
+    def _set_status(self, trial_id: str, status: str) -> None:
+        run = self._child_runs()[trial_id]
+        if run.get("status") == status:
+            return
+        if status == "RUNNING":
+            self.client.update_run(run["run_id"], status="RUNNING")
+        else:
+            self.client.set_terminated(run["run_id"], status=status)
+        run["status"] = status
+
     def log_progress(self, record: TrialRecord, metrics: Mapping[str, float]) -> None:
         """A periodic report of a running trial (step = training iteration)."""
         rid = self._child(record)
+        self._set_status(record.trial_id, "RUNNING")  # again, if an interrupted study resumed
         step = int(metrics.get("iteration", 0))
         keep = [
             (k, float(v), step)
@@ -306,6 +319,27 @@ class Tracker:
             self.client.set_terminated(rid, status=_TERMINAL[record.status])
             self._child_runs()[record.trial_id]["status"] = _TERMINAL[record.status]
         return rid
+
+
+    def suspend(self, records: Sequence[TrialRecord]) -> None:
+        """The driver stops before these trials finished: their runs become KILLED (a resumed
+        study sets them RUNNING again) instead of staying RUNNING with nobody behind them."""
+        runs = self._child_runs()
+        for r in records:
+            if not r.finished and r.trial_id in runs:
+                self.client.set_tag(runs[r.trial_id]["run_id"], TAG_STATUS, "interrupted")
+                self._set_status(r.trial_id, "KILLED")
+
+    def close_unknown(self, trial_ids: set[str]) -> list[str]:
+        """Runs of trials that Tune's storage does not know (a driver killed before its
+        snapshot recorded a trial it had just started): KILLED and tagged lost, not RUNNING."""
+        closed = []
+        for tid, run in self._child_runs().items():
+            if tid not in trial_ids and run.get("status") == "RUNNING":
+                self.client.set_tag(run["run_id"], TAG_STATUS, "lost")
+                self._set_status(tid, "KILLED")
+                closed.append(tid)
+        return closed
 
 
 def ui_command(uri: str, *, host: str = "127.0.0.1", port: int = 5000) -> list[str]:

@@ -73,7 +73,7 @@ def _execute(study: Any, args: argparse.Namespace, *, resume: bool) -> int:
     files = views.refresh_study(records)
     finished = len(records) >= study.num_trials and all(r.finished for r in records)
     state = "finished" if finished and not interrupted else "interrupted"
-    views.finish("FINISHED" if state == "finished" else "KILLED")
+    views.finish("FINISHED" if state == "finished" else "KILLED", records)
     monitor.end(records, state)
     exported = export_best(records, study.best_dir, study=study.name, metric=study.metric, mode=study.mode)
     print()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,8 +94,13 @@ class Views:
             self._mlflow(self.tracker.start, self.study.frozen(), description=self._note(None))
         return self.tracker.parent_id is not None
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def finish(self, status: str = "FINISHED", records: Sequence[TrialRecord] = ()) -> None:
+        """Close the parent run; runs of unfinished trials become KILLED, runs of trials that
+        Tune never recorded are closed as lost (see Tracker.suspend / close_unknown)."""
         if self.start():
+            self._mlflow(self.tracker.close_unknown, {r.trial_id for r in records})
+            if status != "FINISHED":
+                self._mlflow(self.tracker.suspend, records)
             self._mlflow(self.tracker.finish, status)
 
     # ------------------------------------------------------------------ per trial
@@ -215,5 +222,29 @@ def rebuild(
         views.trial(r)
     files = views.refresh_study(records)
     if all(r.finished for r in records) and records:
-        views.finish("FINISHED")
+        views.finish("FINISHED", records)
+    elif not driver_running(study):
+        views.finish("KILLED", records)  # an interrupted study: nothing stays RUNNING
     return views, files
+
+
+def driver_running(study: Study) -> bool:
+    """Whether a driver is running this study now (its status file, and its process when it
+    runs on this host), so a rebuild leaves a live study's runs as they are."""
+    from metatune.study.monitor import STATUS_FILE
+
+    try:
+        status = json.loads((study.dir / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if status.get("state") != "running":
+        return False
+    if status.get("host") == socket.gethostname():
+        try:
+            os.kill(int(status["pid"]), 0)
+        except (ProcessLookupError, KeyError, ValueError, TypeError):
+            return False
+        except PermissionError:
+            return True
+        return True
+    return time.time() - float(status.get("updated", 0)) < 120
