@@ -32,7 +32,9 @@ def test_cluster_yaml_passes_ray_validation():
     assert f"ray[tune]=={ray.__version__}" in setup  # the same Ray version as here
     starts = prepared["head_start_ray_commands"] + prepared["worker_start_ray_commands"]
     assert all("RAY_AUTH_MODE=disabled" in c for c in starts if "ray start" in c)
-    assert any("mlflow server" in c for c in prepared["head_start_ray_commands"])
+    servers = [c for c in prepared["head_start_ray_commands"] if "mlflow server" in c]
+    assert servers and all("--host 127.0.0.1" in c for c in servers)  # loopback: the driver is local
+    assert all("--dashboard-host=127.0.0.1" in c for c in starts if "ray start --head" in c)
 
 
 @pytest.mark.parametrize(("key", "value"), [("initial_workers", 2), ("target_utilization_fraction", 0.8)])
@@ -57,3 +59,5 @@ def test_onprem_variant_in_docs_passes_validation():
     config = yaml.safe_load(block)
     assert config["provider"]["type"] == "local"
     _validate(config)
+    servers = [c for c in config["head_start_ray_commands"] if "mlflow server" in c]
+    assert servers and all("--host 127.0.0.1" in c for c in servers)

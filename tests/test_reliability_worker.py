@@ -131,6 +131,10 @@ def test_result_equals_an_uninterrupted_run(lost_worker):
     main = reference.evaluation.by_shots[STUDY["task"]["shots"]]
     assert record.iteration == reference.iterations == STUDY["training"]["iterations"]
     assert record.test_loss == pytest.approx(main.loss.mean, rel=1e-5)
+    print(
+        f"\nkilled worker at iterations {[k['iteration'] for k in lost_worker['kills']]}; test loss "
+        f"{record.test_loss!r} vs uninterrupted {main.loss.mean!r}"
+    )
     assert len(finals(lost_worker["rows"][trial_id])) == 1
     ref_val = reference.history[-1]["val_loss"]
     assert record.objective == pytest.approx(ref_val, rel=1e-5)
