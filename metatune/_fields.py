@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import types
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -86,7 +87,8 @@ def check_value(value: Any, tp: Any, field: str) -> Any:
         raise ConfigError(field, f"expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(float(value)):
+            # float() of an integer beyond ~1.8e308 raises OverflowError: out of range as well.
+            if isinstance(value, int) and abs(value) > sys.float_info.max or not math.isfinite(value):
                 raise ConfigError(field, f"expected a finite number, got {value!r}")
             return float(value)
         # YAML 1.1 reads "1e-3" as a string; accept numeric strings, as users expect.

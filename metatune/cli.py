@@ -68,6 +68,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def one_line(text: str) -> str:
+    """``text`` with non-printable characters (newlines, tabs, NUL, ...) as Python escapes: an
+    error is one line even when the file's keys or values hold such characters."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metatune", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -95,11 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        print(f"metatune: error: {exc}", file=sys.stderr)
-        return 2
-    except CheckpointError as exc:
-        print(f"metatune: error: {exc}", file=sys.stderr)
+    except (ConfigError, CheckpointError) as exc:
+        print(f"metatune: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("metatune: interrupted", file=sys.stderr)

@@ -16,10 +16,11 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from metatune.study.records import TrialRecord
 
-__all__ = ["Tracker", "ui_command"]
+__all__ = ["Tracker", "redact_uri", "ui_command"]
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # MLflow's HTTP defaults (7 retries, backoff factor 2, 120 s timeout) hold a call to a server
@@ -43,6 +44,17 @@ TAG_FINAL = "metatune.final"
 _PARENT_TAG = "mlflow.parentRunId"
 _NOTE = "mlflow.note.content"
 _TERMINAL = {"completed": "FINISHED", "diverged": "FINISHED", "stopped": "FINISHED", "error": "FAILED"}
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without a password (``http://user:secret@host`` -> ``http://user:***@host``),
+    for params and printed lines. MLflow also reads MLFLOW_TRACKING_USERNAME/PASSWORD."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -163,6 +175,8 @@ class Tracker:
             self.parent_id = run.info.run_id
             self._created.add(self.parent_id)
             params = {k: v for k, v in _flatten(frozen_study).items() if not k.startswith("search_space.")}
+            if "tracking.uri" in params:
+                params["tracking.uri"] = redact_uri(params["tracking.uri"])
             self._params(self.parent_id, params)
         return self.parent_id
 

@@ -30,6 +30,12 @@ def _tracker(study: Any) -> Any:
     )
 
 
+def _public_uri(study: Any) -> str:
+    from metatune.study._mlflow import redact_uri
+
+    return redact_uri(study.tracking_uri)
+
+
 def _same_study(a: dict[str, Any], b: dict[str, Any]) -> bool:
     skip = {"tracking", "workdir"}
     return {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
@@ -38,7 +44,7 @@ def _same_study(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def _ui_hint(study: Any) -> str:
     if study.tracking_uri.startswith("sqlite:"):
         return f"metatune ui {study.dir}    (serves {study.tracking_uri} on http://127.0.0.1:5000)"
-    return f"open {study.tracking_uri} (experiment '{study.experiment}')"
+    return f"open {_public_uri(study)} (experiment '{study.experiment}')"
 
 
 def _execute(study: Any, args: argparse.Namespace, *, resume: bool) -> int:
@@ -55,7 +61,7 @@ def _execute(study: Any, args: argparse.Namespace, *, resume: bool) -> int:
         + (f" + {s.resources.gpus:g} GPU" if s.resources.gpus else "")
         + " per trial)"
     )
-    print(f"  folder {study.dir}\n  MLflow {study.tracking_uri} (experiment '{study.experiment}')")
+    print(f"  folder {study.dir}\n  MLflow {_public_uri(study)} (experiment '{study.experiment}')")
     views = Views(study, tracker=None if args.no_mlflow else _tracker(study))
     views.start()
     monitor = StudyMonitor(study, views, interval_s=args.progress_every)
@@ -235,7 +241,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"  MLflow:  FAILED ({views.last_error}); run `metatune report` again once it is reachable")
             return 1
         print(
-            f"  MLflow:  {study.tracking_uri}, experiment '{study.experiment}', "
+            f"  MLflow:  {_public_uri(study)}, experiment '{study.experiment}', "
             f"parent run {views.tracker.parent_id}"
         )
     return 0

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from metatune.study._mlflow import redact_uri
 from metatune.study.export import trainable_config
 from metatune.study.published import PUBLISHED
 from metatune.study.records import TrialRecord
@@ -76,7 +77,7 @@ class Views:
             log.warning(
                 "MLflow (%s) failed: %s; results stay in Tune storage, "
                 "`metatune report %s` restores the runs",
-                self.tracker.uri,
+                redact_uri(self.tracker.uri),
                 self.last_error.splitlines()[0][:300],
                 self.study.dir,
             )

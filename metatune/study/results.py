@@ -99,22 +99,45 @@ def write_trials(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    pq.write_table(trials_table(records, study=study, metric=metric), tmp)
+    # Page checksums: without them a flipped bit in a data page reads back as a wrong value.
+    pq.write_table(trials_table(records, study=study, metric=metric), tmp, write_page_checksum=True)
     os.replace(tmp, path)
     return path
 
 
+def _schema_problem(schema: pa.Schema) -> str | None:
+    """What keeps ``schema`` from being a trials file (missing or mistyped columns), or None."""
+    expected = {name: typ for name, typ in _SCALARS}
+    expected |= {"diverged": pa.bool_(), "params_json": pa.string(), "run_config_json": pa.string()}
+    expected |= {col: pa.list_(typ) for col, _, typ in _CURVES}
+    missing = [name for name in expected if name not in schema.names]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        return f"missing columns: {', '.join(missing[:5])}{more}"
+    wrong = [
+        f"{name} is {schema.field(name).type}, expected {typ}"
+        for name, typ in expected.items()
+        if not schema.field(name).type.equals(typ)
+    ]
+    return f"wrong column types: {'; '.join(wrong)}" if wrong else None
+
+
 def read_trials(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a trials Parquet file; a missing, truncated or foreign file raises CheckpointError."""
+    """Rows of a trials Parquet file; a missing, truncated, damaged or foreign file raises
+    CheckpointError naming it, with a one-line reason."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: results file not found (run `metatune report` to rebuild it)")
     try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
+        table = pq.read_table(path, page_checksum_verification=True)
+    except (pa.ArrowException, OSError) as exc:
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise CheckpointError(
-            f"{path}: unreadable or truncated Parquet file ({exc}); rebuild it with `metatune report`"
+            f"{path}: unreadable or truncated Parquet file ({reason}); rebuild it with `metatune report`"
         ) from None
-    if "trial_id" not in table.column_names:
-        raise CheckpointError(f"{path}: not a metatune trials file (no trial_id column)")
+    problem = _schema_problem(table.schema)
+    if problem:
+        raise CheckpointError(
+            f"{path}: not a metatune trials file ({problem}); rebuild it with `metatune report`"
+        )
     return table.to_pylist()

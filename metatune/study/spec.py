@@ -191,7 +191,7 @@ class StudySpec:
     workdir: str | None = None
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
+        if not _NAME.fullmatch(self.name):  # fullmatch: '$' would let a trailing newline through
             raise ConfigError("name", f"expected letters, digits, '_', '-', '.', got {self.name!r}")
         if self.trials is not None:
             positive(self.trials, "trials")
