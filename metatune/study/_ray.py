@@ -50,7 +50,7 @@ from metatune.study.spec import FROZEN_FILE, TUNE_NAME, Study, parse_study  # no
 
 __all__ = ["StudySearch", "can_resume", "init_ray", "optuna_trials", "prune_checkpoints", "read_records", "run_study", "shutdown_ray"]
 
-#: In the checkpoint of a finished trial: its final report, replayed if the trial runs again.
+#: In a finished trial's storage folder: its final report, replayed if the trial runs again.
 FINAL_FILE = "final.json"
 
 log = logging.getLogger(__name__)
@@ -69,16 +69,17 @@ def _run_trial(frozen: dict[str, Any], config: dict[str, Any]) -> None:
     if os.path.isdir(study.cwd):
         os.chdir(study.cwd)  # relative task paths resolve as in the driver
     components = parse_config(study.run_config_for(config))
+    stored = _stored_final()
+    if stored is not None:
+        # The trial had finished, but the driver died before Tune's experiment snapshot
+        # recorded it (or even before the final result reached the driver): report the stored
+        # outcome again instead of training again.
+        tune.report({**stored, "replayed": 1.0})
+        return
     checkpoint = tune.get_checkpoint()
     trainer = None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            final = Path(d) / FINAL_FILE
-            if final.is_file():
-                # The trial had finished but the driver died before Tune's experiment snapshot
-                # recorded it: report the stored outcome again instead of training again.
-                tune.report({**json.loads(final.read_text()), "replayed": 1.0})
-                return
             trainer = Trainer.restore(Path(d) / CHECKPOINT_FILE, components)
     if trainer is None:
         trainer = Trainer(components)
@@ -102,9 +103,45 @@ def _run_trial(frozen: dict[str, Any], config: dict[str, Any]) -> None:
         else:
             validation = trainer.validate()
     payload = final_payload(result.to_dict(), metric=study.metric, penalty=study.penalty, validation=validation)
-    with tempfile.TemporaryDirectory(prefix="metatune-final-") as d:
-        (Path(d) / FINAL_FILE).write_text(to_json(payload))
-        tune.report(payload, checkpoint=tune.Checkpoint.from_directory(d))
+    # Stored before it is reported: Tune registers the final checkpoint only at its next
+    # experiment snapshot, so a driver killed in between would restart the trial from an
+    # earlier checkpoint and train its last stretch again.
+    _store_final(to_json(payload))
+    tune.report(payload)
+
+
+def _trial_storage() -> tuple[Any, str]:
+    """The storage filesystem (local, NFS or object store, as pyarrow sees it) and this trial's
+    folder on it: the same place Tune persists the trial's checkpoints."""
+    storage = tune.get_context().get_storage()
+    return storage.storage_filesystem, storage.trial_fs_path
+
+
+def _store_final(text: str) -> None:
+    fs, trial_dir = _trial_storage()
+    fs.create_dir(trial_dir, recursive=True)
+    tmp = f"{trial_dir}/.{FINAL_FILE}.tmp"
+    with fs.open_output_stream(tmp) as out:
+        out.write(text.encode())
+    # A rename: a reader never sees half a file (object stores copy; still one visible write).
+    fs.move(tmp, f"{trial_dir}/{FINAL_FILE}")
+
+
+def _stored_final() -> dict[str, Any] | None:
+    import pyarrow.fs as pafs
+
+    fs, trial_dir = _trial_storage()
+    path = f"{trial_dir}/{FINAL_FILE}"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        text = f.read().decode(errors="replace")
+    try:
+        stored = json.loads(text)
+    except json.JSONDecodeError:
+        log.warning("%s is not JSON; the trial trains again", path)
+        return None
+    return stored if isinstance(stored, dict) and OUTCOME in stored else None
 
 
 def make_trainable(study: Study) -> Any:
