@@ -36,7 +36,7 @@ def finals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class Driver:
     """`python -m metatune ARGS` in a new session; output goes to LOG."""
 
-    def __init__(self, args: list[str], *, cwd: Path, log: Path) -> None:
+    def __init__(self, args: list[str], *, cwd: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log
         self._fh = open(log, "ab")
         self.start = time.monotonic()
@@ -46,6 +46,7 @@ class Driver:
             stdout=self._fh,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
 
     def elapsed(self) -> float:
@@ -91,5 +92,6 @@ class Driver:
         self._fh.close()
 
     def output(self) -> str:
-        self._fh.flush()
+        if not self._fh.closed:
+            self._fh.flush()
         return self.log.read_text(errors="replace")

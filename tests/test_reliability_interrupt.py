@@ -6,6 +6,8 @@ exists once and none is left RUNNING, and Optuna holds a finished trial for ever
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 from pathlib import Path
 
@@ -190,3 +192,53 @@ def test_optuna_has_a_finished_trial_for_every_tune_trial(interrupted_study):
     for r in records:
         assert complete[r.trial_id].value == pytest.approx(r.objective)
         assert complete[r.trial_id].params["inner_lr"] == pytest.approx(r.params["inner_lr"])
+
+
+def test_trial_finished_after_the_last_snapshot_is_replayed(tmp_path: Path):
+    """Deterministic version of interruption 2: Tune snapshots the experiment once, at start-up,
+    and never again, so when the driver is killed after a trial finished, the restored
+    experiment still has that trial unfinished and Tune runs it again. It must replay its
+    stored final report, not train."""
+    study_dir = tmp_path / "out"
+    study_file = tmp_path / "study.yaml"
+    spec = {
+        **STUDY,
+        "name": "snapshot-gap",
+        "learners": {"maml": {}},
+        "trials": 3,
+        "max_concurrent_trials": 1,
+        # Long enough (about 5 s a trial) that the kill lands while the next trial trains.
+        "training": {**STUDY["training"], "iterations": 3000, "eval_every": 500, "checkpoint_every": 500},
+        "storage": str(study_dir),
+    }
+    study_file.write_text(yaml.safe_dump(spec))
+    common = ["--num-cpus", "2", "--progress-every", "30"]
+    driver = Driver(
+        ["run", str(study_file), *common],
+        cwd=tmp_path,
+        log=tmp_path / "driver0.log",
+        env={"TUNE_GLOBAL_CHECKPOINT_S": "3600", "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        # The driver prints "done" once Tune has processed a trial's final result.
+        assert driver.wait_for(lambda: "  done maml-" in driver.output(), timeout=300), driver.output()[-3000:]
+        assert driver.interrupt(signal.SIGKILL) != 0
+    finally:
+        driver.cleanup()
+    finished = re.findall(r"  done maml-(\w+) ", driver.output())
+    # Tune's result.json is buffered: rows of the killed driver may be missing, never extra.
+    before = {t: len(rows) for t, rows in trial_rows(study_dir).items()}
+    driver = Driver(["resume", str(study_dir), *common], cwd=tmp_path, log=tmp_path / "driver1.log")
+    try:
+        assert driver.finish(timeout=400) == 0, driver.output()[-3000:]
+    finally:
+        driver.cleanup()
+    stored = {t: json.loads((study_dir / "tune" / f"trial-{t}" / "final.json").read_text()) for t in finished}
+    for trial_id in finished:
+        after = trial_rows(study_dir)[trial_id][before.get(trial_id, 0) :]
+        assert len(after) == 1 and after[0].get("replayed") == 1.0, after  # the replay, no training
+        assert after[0]["test_loss"] == stored[trial_id]["test_loss"]
+        assert after[0]["iteration"] == 3000
+    _, records = _study(study_dir)
+    assert sorted(r.status for r in records) == ["completed"] * 3
+    assert set(finished) <= {r.trial_id for r in records}

@@ -546,7 +546,16 @@ def read_records(study: Study) -> list[TrialRecord]:
             return []
     except Exception:  # noqa: BLE001 - a missing or unreachable folder means no trials yet
         return []
-    analysis = ExperimentAnalysis(study.tune_path, default_metric=study.metric, default_mode=study.mode)
+    # Records come from the trials' last results in the snapshot. Tune also reads every
+    # result.json into dataframes we never use, and warns about one a killed driver never
+    # wrote; that warning would only alarm the user.
+    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        analysis = ExperimentAnalysis(study.tune_path, default_metric=study.metric, default_mode=study.mode)
+    finally:
+        quiet.setLevel(level)
     return _records(study, list(analysis.trials))
 
 
