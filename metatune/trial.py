@@ -25,7 +25,7 @@ import torch
 from metatune import __version__
 from metatune.config import Components, RunConfig, parse_config
 from metatune.engine import meta_gradient
-from metatune.errors import CheckpointError
+from metatune.errors import CheckpointError, ConfigError
 from metatune.evaluate import EvalResult, evaluate
 
 __all__ = ["CHECKPOINT_FILE", "TrainResult", "Trainer", "load_checkpoint", "to_json"]
@@ -280,7 +280,23 @@ class Trainer:
     def restore(cls, path: str | Path, components: Components | None = None) -> "Trainer":
         """Rebuild a trainer from a checkpoint file (config taken from it unless given)."""
         state = load_checkpoint(path)
-        trainer = cls(components if components is not None else parse_config(state["config"]))
+        if components is None:
+            try:
+                components = parse_config(state["config"])
+            except ConfigError as exc:
+                raise CheckpointError(f"{path}: the run config stored in the checkpoint is invalid ({exc})") from None
+        else:
+            # Same-named parameters would load into another learner (maml vs fomaml, or another
+            # task of the same shape) and silently continue a different run.
+            for part in ("learner", "task"):
+                stored = state["config"].get(part)
+                stored_name = stored.get("name") if isinstance(stored, dict) else None
+                wanted = getattr(components.config, part).get("name")
+                if stored_name != wanted:
+                    raise CheckpointError(
+                        f"{path}: checkpoint was written by {part} {stored_name!r}, this run's {part} is {wanted!r}"
+                    )
+        trainer = cls(components)
         try:
             trainer.load_state_dict(state)
         except (KeyError, TypeError, RuntimeError, ValueError) as exc:

@@ -96,6 +96,9 @@ BAD_CHECKPOINTS = {
         good, tmp, lambda s: s.update(meta={k: 1.0 for k in s["meta"]})
     ),
     "config_not_mapping": lambda good, tmp, m: _damaged_state(good, tmp, lambda s: s.update(config=[1])),
+    "config_invalid": lambda good, tmp, m: _damaged_state(
+        good, tmp, lambda s: s["config"].update(learner={"name": "no-such-learner"})
+    ),
     "meta_wrong_shapes": lambda good, tmp, m: _damaged_state(
         good, tmp, lambda s: s.update(meta={k: torch.zeros(3) for k in s["meta"]})
     ),
@@ -115,8 +118,9 @@ def test_bad_checkpoint_is_a_checkpoint_error(tmp_path, good_checkpoint, name):
     path, marker = _make(name, good_checkpoint, tmp_path)
     components = parse_config(BASE)
     calls = [lambda: Trainer.restore(path, components), lambda: Trainer.restore(path)]
-    # load_checkpoint itself accepts a well-formed state of the wrong shapes; only restore can tell.
-    if name != "meta_wrong_shapes":
+    # load_checkpoint itself accepts a well-formed state of the wrong shapes or config; only
+    # restore can tell.
+    if name not in ("meta_wrong_shapes", "config_invalid"):
         calls.append(lambda: load_checkpoint(path))
     for call in calls:
         with pytest.raises(CheckpointError) as err:
@@ -132,6 +136,15 @@ def test_good_checkpoint_still_loads(tmp_path, good_checkpoint):
     state = load_checkpoint(path)
     assert state["iteration"] == 0 and state["config"]["learner"]["name"] == "maml"
     assert Trainer.restore(path).iteration == 0
+
+
+def test_checkpoint_of_another_learner_is_refused(tmp_path, good_checkpoint):
+    """FOMAML has MAML's parameters: only the stored config tells the runs apart."""
+    path = _write(tmp_path / CHECKPOINT_FILE, good_checkpoint)
+    other = parse_config({**BASE, "learner": {**BASE["learner"], "name": "fomaml"}})
+    with pytest.raises(CheckpointError, match=r"written by learner 'maml', this run's learner is 'fomaml'"):
+        Trainer.restore(path, other)
+    assert Trainer.restore(path, parse_config(BASE)).iteration == 0
 
 
 def _train_resume(tmp_path: Path, bad: bytes) -> Path:
