@@ -523,13 +523,29 @@ def run_study(study: Study, monitor: Any, *, resume: bool = False) -> dict[str, 
 
 
 def prune_checkpoints(study: Study, *, keep: int = 2) -> int:
-    """Delete all but the newest ``keep`` checkpoints of every trial (local storage, driver
-    stopped). A trial only ever restores from its newest one. Returns how many were removed."""
+    """Delete old checkpoints of every trial (local storage, driver stopped); returns how many.
+
+    A trial that Tune may run again (unfinished, or errored: `resume` retries it) restores
+    from the checkpoint Tune's last snapshot records as its latest, which must stay, with any
+    newer ones: those exist when the driver stopped before Tune registered them, and Tune
+    writes over them as the trial runs again. Of a finished trial the newest ``keep`` stay."""
     if "://" in str(study.tune_path):
         return 0
+    restorable: dict[str, str | None] = {}
+    for trial in _snapshot_trials(study):
+        if trial.status == "TERMINATED":
+            continue
+        path = Path(trial.checkpoint.path) if trial.checkpoint is not None else None
+        restorable[Path(trial.storage.trial_fs_path).name] = path.name if path else None
     removed = 0
     for trial_dir in Path(study.tune_path).glob("trial-*"):
         checkpoints = sorted(trial_dir.glob("checkpoint_*"))
+        if trial_dir.name in restorable:
+            latest = restorable[trial_dir.name]
+            if latest is None:  # it starts over: whatever is here gets written over
+                continue
+            checkpoints = [c for c in checkpoints if c.name <= latest]
+        # (A folder the snapshot never saw is a trial Tune will not run: nothing to restore.)
         for old in checkpoints[:-keep] if keep else checkpoints:
             shutil.rmtree(old, ignore_errors=True)
             removed += 1
@@ -539,6 +555,11 @@ def prune_checkpoints(study: Study, *, keep: int = 2) -> int:
 # ---------------------------------------------------------------------- reading storage
 def read_records(study: Study) -> list[TrialRecord]:
     """Every trial of the study, read from the Tune experiment (no Ray instance needed)."""
+    return _records(study, _snapshot_trials(study))
+
+
+def _snapshot_trials(study: Study) -> list[Any]:
+    """Tune's trials as its last experiment snapshot has them; [] before the first one."""
     from ray.tune import ExperimentAnalysis
 
     try:
@@ -546,9 +567,9 @@ def read_records(study: Study) -> list[TrialRecord]:
             return []
     except Exception:  # noqa: BLE001 - a missing or unreachable folder means no trials yet
         return []
-    # Records come from the trials' last results in the snapshot. Tune also reads every
-    # result.json into dataframes we never use, and warns about one a killed driver never
-    # wrote; that warning would only alarm the user.
+    # We use the trials' last results and checkpoints. Tune also reads every result.json into
+    # dataframes we never use, and warns about one a killed driver never wrote; that warning
+    # would only alarm the user.
     quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
@@ -556,7 +577,7 @@ def read_records(study: Study) -> list[TrialRecord]:
         analysis = ExperimentAnalysis(study.tune_path, default_metric=study.metric, default_mode=study.mode)
     finally:
         quiet.setLevel(level)
-    return _records(study, list(analysis.trials))
+    return list(analysis.trials)
 
 
 def optuna_trials(study: Study) -> list[Any]:
