@@ -56,3 +56,12 @@ def test_prune_keeps_the_registered_checkpoint_and_newer_ones(tune_dir, monkeypa
 def test_prune_does_nothing_on_remote_storage(monkeypatch):
     monkeypatch.setattr(_ray, "_snapshot_trials", lambda s: pytest.fail("remote storage is not read"))
     assert _ray.prune_checkpoints(SimpleNamespace(tune_path="s3://bucket/study/tune")) == 0
+
+
+def test_prune_deletes_nothing_when_the_snapshot_is_unreadable(tune_dir, monkeypatch):
+    def broken(study: object) -> list:
+        raise ValueError("experiment_state-x.json: truncated")
+
+    monkeypatch.setattr(_ray, "_snapshot_trials", broken)
+    assert _ray.prune_checkpoints(SimpleNamespace(tune_path=str(tune_dir))) == 0
+    assert all(_left(tune_dir, name) == list(range(6)) for name in ("trial-a", "trial-e"))

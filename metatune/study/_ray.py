@@ -103,9 +103,9 @@ def _run_trial(frozen: dict[str, Any], config: dict[str, Any]) -> None:
         else:
             validation = trainer.validate()
     payload = final_payload(result.to_dict(), metric=study.metric, penalty=study.penalty, validation=validation)
-    # Stored before it is reported: Tune registers the final checkpoint only at its next
-    # experiment snapshot, so a driver killed in between would restart the trial from an
-    # earlier checkpoint and train its last stretch again.
+    # Stored before it is reported: Tune records a trial's end (and its latest checkpoint) only
+    # at its next experiment snapshot, so a driver killed in between would restart the trial
+    # from an earlier checkpoint and train its last stretch again.
     _store_final(to_json(payload))
     tune.report(payload)
 
@@ -531,8 +531,13 @@ def prune_checkpoints(study: Study, *, keep: int = 2) -> int:
     writes over them as the trial runs again. Of a finished trial the newest ``keep`` stay."""
     if "://" in str(study.tune_path):
         return 0
+    try:
+        trials = _snapshot_trials(study)
+    except Exception as exc:  # noqa: BLE001 - unsure what resume restores from: delete nothing
+        log.warning("checkpoints not pruned: Tune's experiment snapshot unreadable (%s)", exc)
+        return 0
     restorable: dict[str, str | None] = {}
-    for trial in _snapshot_trials(study):
+    for trial in trials:
         if trial.status == "TERMINATED":
             continue
         path = Path(trial.checkpoint.path) if trial.checkpoint is not None else None
