@@ -18,3 +18,27 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture
+def tiny_study(tmp_path: Path):
+    """A factory: a 2-trial MAML sine study named NAME with storage in tmp_path/study, parsed
+    but not run (for tests that feed records to the views themselves)."""
+    from metatune.study.spec import Study, parse_study
+
+    def make(name: str) -> Study:
+        return parse_study(
+            {
+                "name": name,
+                "task": {"name": "sine", "protocol": "metasgd", "shots": 5},
+                "learners": ["maml"],
+                "search_space": {"params": {"inner_lr": {}}},
+                "trials": 2,
+                "training": {"iterations": 20, "eval_every": 10},
+                "evaluation": {"tasks": 10},
+            },
+            source=str(tmp_path / f"{name}.yaml"),
+            storage=str(tmp_path / "study"),
+        )
+
+    return make

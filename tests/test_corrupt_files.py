@@ -296,26 +296,13 @@ def test_good_trials_parquet_round_trips(good_parquet):
     assert rows[3]["test_loss"] == 3.5 and rows[3]["param.inner_lr"] == pytest.approx(0.04)
 
 
-def test_report_rewrite_recovers_a_corrupt_trials_parquet(tmp_path):
+def test_report_rewrite_recovers_a_corrupt_trials_parquet(tiny_study):
     """`metatune report` never reads trials.parquet: it rebuilds every view from Tune storage
     (metatune.study.report.rebuild) and replaces the file atomically, so a corrupt file cannot
     stop it. Here: rebuild over a corrupt file, with the records Tune storage would give."""
     from metatune.study.report import rebuild
-    from metatune.study.spec import parse_study
 
-    study = parse_study(
-        {
-            "name": "recover",
-            "task": {"name": "sine", "protocol": "metasgd", "shots": 5},
-            "learners": ["maml"],
-            "search_space": {"params": {"inner_lr": {}}},
-            "trials": 2,
-            "training": {"iterations": 20, "eval_every": 10},
-            "evaluation": {"tasks": 10},
-        },
-        source=str(tmp_path / "recover.yaml"),
-        storage=str(tmp_path / "study"),
-    )
+    study = tiny_study("recover")
     study.parquet_path.parent.mkdir(parents=True)
     study.parquet_path.write_bytes(random.Random(3).randbytes(2048))
     _assert_one_line_error(study.parquet_path)

@@ -274,22 +274,8 @@ class _FakeServer:
 
 
 @pytest.fixture
-def frozen_study(tmp_path):
-    from metatune.study.spec import parse_study
-
-    study = parse_study(
-        {
-            "name": "ui_check",
-            "task": {"name": "sine", "protocol": "metasgd", "shots": 5},
-            "learners": ["maml"],
-            "search_space": {"params": {"inner_lr": {}}},
-            "trials": 2,
-            "training": {"iterations": 20, "eval_every": 10},
-            "evaluation": {"tasks": 10},
-        },
-        source=str(tmp_path / "ui_check.yaml"),
-        storage=str(tmp_path / "study"),
-    )
+def frozen_study(tiny_study):
+    study = tiny_study("ui_check")
     study.write_frozen()
     return study
 
@@ -353,27 +339,14 @@ def _everything_logged(tracker, study) -> list[str]:
 
 
 @pytest.fixture
-def logged_study(tmp_path, monkeypatch):
+def logged_study(tiny_study, monkeypatch):
     """A study rebuilt into a real sqlite MLflow store with secrets in the environment."""
     for name in SECRET_ENV:
         monkeypatch.setenv(name, SECRET)
     from metatune.study._mlflow import Tracker
     from metatune.study.report import rebuild
-    from metatune.study.spec import parse_study
 
-    study = parse_study(
-        {
-            "name": "secrets",
-            "task": {"name": "sine", "protocol": "metasgd", "shots": 5},
-            "learners": ["maml"],
-            "search_space": {"params": {"inner_lr": {}}},
-            "trials": 2,
-            "training": {"iterations": 20, "eval_every": 10},
-            "evaluation": {"tasks": 10},
-        },
-        source=str(tmp_path / "secrets.yaml"),
-        storage=str(tmp_path / "study"),
-    )
+    study = tiny_study("secrets")
     study.write_frozen()
     tracker = Tracker(
         study.tracking_uri, study.experiment, study=study.name, artifact_location=study.artifact_location
