@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 from metatune.errors import ConfigError
 
-__all__ = ["as_plain", "build", "check_value", "describe_type", "positive"]
+__all__ = ["as_plain", "build", "check_value", "describe_type", "finite_float", "positive"]
 
 T = TypeVar("T")
 
@@ -44,6 +44,14 @@ def describe_type(tp: Any) -> str:
     if tp is str:
         return "a string"
     return getattr(tp, "__name__", str(tp))
+
+
+def finite_float(value: int | float, field: str) -> float:
+    """``value`` as a float, or ConfigError if it is infinite, NaN, or an integer too large for
+    a float (float() of an integer beyond ~1.8e308 raises OverflowError)."""
+    if isinstance(value, int) and abs(value) > sys.float_info.max or not math.isfinite(value):
+        raise ConfigError(field, f"expected a finite number, got {value!r}")
+    return float(value)
 
 
 def check_value(value: Any, tp: Any, field: str) -> Any:
@@ -87,10 +95,7 @@ def check_value(value: Any, tp: Any, field: str) -> Any:
         raise ConfigError(field, f"expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            # float() of an integer beyond ~1.8e308 raises OverflowError: out of range as well.
-            if isinstance(value, int) and abs(value) > sys.float_info.max or not math.isfinite(value):
-                raise ConfigError(field, f"expected a finite number, got {value!r}")
-            return float(value)
+            return finite_float(value, field)
         # YAML 1.1 reads "1e-3" as a string; accept numeric strings, as users expect.
         if isinstance(value, str):
             try:

@@ -3,11 +3,10 @@ spaces and docs read them from here."""
 
 from __future__ import annotations
 
-import math
-import sys
 from dataclasses import dataclass
 from typing import Literal, Union
 
+from metatune._fields import finite_float
 from metatune.errors import ConfigError
 
 __all__ = ["HyperParameter", "Value", "INNER_LR", "INNER_STEPS", "FIRST_ORDER", "COMMON"]
@@ -54,15 +53,13 @@ class HyperParameter:
                     raise ConfigError(field, f"expected a number, got {value!r}") from None
             else:
                 raise ConfigError(field, f"expected {'an integer' if self.kind == 'int' else 'a number'}, got {value!r}")
-        # float() of an integer beyond ~1.8e308 raises OverflowError: test ints without it.
         if self.kind == "int":
+            # Not float(value).is_integer(): float() of an integer beyond ~1.8e308 overflows.
             if isinstance(value, float) and not value.is_integer():
                 raise ConfigError(field, f"expected an integer, got {value!r}")
             value = int(value)
         else:
-            if isinstance(value, int) and abs(value) > sys.float_info.max or not math.isfinite(value):
-                raise ConfigError(field, f"expected a finite number, got {value!r}")
-            value = float(value)
+            value = finite_float(value, field)
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
             op = ">" if self.low_open else ">="
             raise ConfigError(field, f"expected a value {op} {self.low:g}, got {value!r}")
