@@ -32,6 +32,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mutate import set_path
 
 import metatune.study
 from metatune.cli import main
@@ -255,17 +256,6 @@ def _dict_paths(node: Any, prefix: tuple = ()) -> list[tuple]:
     return out
 
 
-def _set(data: dict, path: tuple | str, value: Any) -> dict:
-    keys = path.split(".") if isinstance(path, str) else list(path)
-    node = data
-    for k in keys[:-1]:
-        if not isinstance(node.get(k), dict):
-            node[k] = {}
-        node = node[k]
-    node[keys[-1]] = value
-    return data
-
-
 def _learner_map(data: dict) -> dict[str, dict]:
     raw = data["learners"]
     return {n: {} for n in raw} if isinstance(raw, list) else {k: dict(v or {}) for k, v in raw.items()}
@@ -370,10 +360,10 @@ def study_cases(draw: Any) -> Case:
     kind = draw(st.sampled_from(STUDY_KINDS))
     if kind == "wrong_type":
         path, tp = draw(st.sampled_from(STUDY_LEAVES))
-        return Case(kind, _set(data, path, draw(wrong_for(tp))), field=path)
+        return Case(kind, set_path(data, path, draw(wrong_for(tp))), field=path)
     if kind == "out_of_range":
         path, values, field = draw(st.sampled_from(OUT_OF_RANGE))
-        return Case(kind, _set(data, path, draw(values)), field=field)
+        return Case(kind, set_path(data, path, draw(values)), field=field)
     if kind == "unknown_key":
         section = draw(st.sampled_from(["", "task", *SECTIONS]))
         if section == "":
@@ -455,7 +445,7 @@ def study_cases(draw: Any) -> Case:
         value = draw(HUGE) * draw(st.sampled_from([1, -1]))
         if draw(st.booleans()):
             path = draw(st.sampled_from(FLOAT_LEAVES))
-            return Case(kind, _set(data, path, value), field=path)
+            return Case(kind, set_path(data, path, value), field=path)
         learners = _learner_map(data)
         learner = draw(st.sampled_from(sorted(learners)))
         numeric = [h for h in LEARNERS.get(learner).hyperparameters if h.kind in ("int", "float")]
@@ -471,7 +461,7 @@ def study_cases(draw: Any) -> Case:
             NAMES.map(lambda s: s + "\n"),
             st.text(max_size=8).filter(lambda s: not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", s)),
         )
-        return Case(kind, _set(data, "name", draw(bad.filter(_roundtrips))), field="name")
+        return Case(kind, set_path(data, "name", draw(bad.filter(_roundtrips))), field="name")
     if kind == "not_mapping":
         return Case(kind, draw(st.one_of(LISTS, st.integers(), WORDS, st.just(None))), field="<root>")
     if kind == "yaml_scalar":
@@ -512,7 +502,7 @@ def _as_mapping(space: dict, t: Target) -> dict:
     if isinstance(body, list):
         body = {"choices": body}
     body = dict(body or {})
-    _set(space, t.path, body)
+    set_path(space, t.path, body)
     return body
 
 
@@ -589,7 +579,7 @@ def space_cases(draw: Any) -> Case:
         return case(f"{t.field}.{key}")
     if kind == "body_type":
         t = draw(st.sampled_from(targets))
-        _set(space, t.path, draw(st.one_of(st.integers(), st.floats(), st.booleans(), st.text(max_size=6))))
+        set_path(space, t.path, draw(st.one_of(st.integers(), st.floats(), st.booleans(), st.text(max_size=6))))
         return case(t.field)
     if kind == "bound_type":
         t = draw(st.sampled_from(ranges))

@@ -87,10 +87,8 @@ def interrupted_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
             if driver.wait_for(cond, timeout=300):
                 delivered.append((when, sig.name, driver.interrupt(sig)))
                 counts = {t: len(rows) for t, rows in trial_rows(study_dir).items()}
-                finished_at_stop.append(
-                    {p.parent.name.removeprefix("trial-"): counts.get(p.parent.name.removeprefix("trial-"), 0)
-                     for p in (study_dir / "tune").glob("trial-*/final.json")}
-                )  # fmt: skip
+                stored = [p.parent.name.removeprefix("trial-") for p in (study_dir / "tune").glob("trial-*/final.json")]
+                finished_at_stop.append({t: counts.get(t, 0) for t in stored})
                 if sig == signal.SIGINT:  # a driver that stops on its own leaves nothing RUNNING
                     running_after_sigint.append(_running_runs(study_dir))
             else:  # the study ended before the moment came
