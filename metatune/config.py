@@ -28,7 +28,7 @@ from metatune.learners import LEARNERS, Learner
 from metatune.models import Backbone, build_backbone
 from metatune.tasks import TaskDistribution, build_task
 
-__all__ = ["EvaluationConfig", "RunConfig", "TrainingConfig", "Components", "load_config", "read_yaml"]
+__all__ = ["AUTO_COMPILE_MIN_ITERATIONS", "EvaluationConfig", "RunConfig", "TrainingConfig", "Components", "load_config", "read_yaml"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,6 +95,10 @@ class EvaluationConfig:
         positive(self.chunk, "chunk")
 
 
+#: ``compile: auto`` compiles runs of at least this many training iterations.
+AUTO_COMPILE_MIN_ITERATIONS = 5000
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     seed: int = 0
@@ -105,8 +109,9 @@ class RunConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     dtype: Literal["float32", "float64"] = "float32"
-    #: Compile the meta-gradient with torch.compile (falls back to eager if that fails).
-    compile: bool = False
+    #: torch.compile the meta-gradient and the evaluation: true, false, or auto (see
+    #: :meth:`compiles`: compile unless the run is too short to repay the compilation).
+    compile: bool | Literal["auto"] = "auto"
     #: torch intra-op threads; null = torch's default.
     threads: int | None = None
     #: Cap this process's share of GPU memory (set by studies that pack trials on one GPU).
@@ -114,6 +119,15 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return as_plain(self)
+
+    def compiles(self) -> bool:
+        """Whether this run compiles. ``auto``: when it trains at least
+        :data:`AUTO_COMPILE_MIN_ITERATIONS` iterations. A cold compilation takes 10-60 s on a
+        2-core machine (seconds from the persistent cache) and the compiled step is 5-15x faster
+        than eager, so shorter runs (smoke tests, tiny studies) finish sooner uncompiled."""
+        if self.compile == "auto":
+            return self.training.iterations >= AUTO_COMPILE_MIN_ITERATIONS
+        return bool(self.compile)
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
+from metatune.engine import evaluation_forward
 from metatune.learners.base import Learner
 from metatune.models.base import Params
 from metatune.tasks.base import Split, TaskBatch, TaskDistribution
@@ -103,22 +104,26 @@ def heldout_tasks(task: TaskDistribution, count: int, *, seed: int, shots: int |
 
 def _run(
     learner: Learner, meta: Params, *, tasks: int, shots: int, steps: int, lr_scale: float, seed: int,
-    split: Split, chunk: int, device: torch.device, dtype: torch.dtype,
+    split: Split, chunk: int, device: torch.device, dtype: torch.dtype, compile: bool,
 ) -> dict[str, Tensor]:
     outs: list[dict[str, Tensor]] = []
     done = 0
-    with torch.no_grad():  # torch.func.grad still differentiates the inner loop
-        while done < tasks:
-            n = min(chunk, tasks - done)
-            batch = heldout_tasks(learner.task, n, seed=seed, shots=shots, split=split, start=done)
-            batch = batch.to(device=device, dtype=dtype)
-            # Noise gets its own seed per chunk start so tasks never depend on what a learner draws.
-            noise_gen = torch.Generator().manual_seed(seed * 7919 + done)
-            noise = learner.sample_noise(n, generator=noise_gen, meta_params=meta, steps=steps, training=False)
-            noise = {k: v.to(device) for k, v in noise.items()}
-            out = learner.batched(meta, batch, noise, steps=steps, lr_scale=lr_scale, record=True)
-            outs.append({k: v.detach() for k, v in out.items()})
-            done += n
+    meta = {k: v.detach() for k, v in meta.items()}
+    while done < tasks:
+        n = min(chunk, tasks - done)
+        # Compiled: a short last chunk is padded with the next tasks of the stream (and cut off
+        # below), so every chunk has one shape and one graph. A task's result does not depend
+        # on the others, and its noise rows are the first rows of the larger draw.
+        run = min(chunk, tasks) if compile else n
+        batch = heldout_tasks(learner.task, run, seed=seed, shots=shots, split=split, start=done)
+        batch = batch.to(device=device, dtype=dtype)
+        # Noise gets its own seed per chunk start so tasks never depend on what a learner draws.
+        noise_gen = torch.Generator().manual_seed(seed * 7919 + done)
+        noise = learner.sample_noise(run, generator=noise_gen, meta_params=meta, steps=steps, training=False)
+        noise = {k: v.to(device) for k, v in noise.items()}
+        out = evaluation_forward(learner, meta, batch, noise, steps=steps, lr_scale=lr_scale, compile=compile)
+        outs.append({k: v[:n].detach() for k, v in out.items()})
+        done += n
     merged = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
     merged["query_size"] = torch.tensor(batch.query_y.shape[1])
     return merged
@@ -128,7 +133,7 @@ def evaluate(
     learner: Learner, meta: Params, *, tasks: int = 600, shots: Sequence[int] | None = None,
     steps: int | None = None, curve_steps: int | None = None, lr_scales: Sequence[float] = (1.0,),
     seed: int = 1, split: Split = "test", chunk: int = 100, device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float32, compile: bool = False,
 ) -> EvalResult:
     """Evaluate ``meta`` on ``tasks`` held-out tasks at each K in ``shots``.
 
@@ -140,7 +145,7 @@ def evaluate(
     curve_steps = steps if curve_steps is None else max(curve_steps, steps)
     train_k = learner.task.shots
     shots = list(shots) if shots else [train_k]
-    common = dict(tasks=tasks, seed=seed, split=split, chunk=chunk, device=device, dtype=dtype)
+    common = dict(tasks=tasks, seed=seed, split=split, chunk=chunk, device=device, dtype=dtype, compile=compile)
     by_shots: dict[int, ShotResult] = {}
     for k in shots:
         out = _run(learner, meta, shots=k, steps=curve_steps, lr_scale=1.0, **common)

@@ -5,10 +5,17 @@ Plain Python with no service imports: ``metatune train`` runs it directly, and t
 layer wraps it in a Ray Tune trainable. A non-finite meta-loss or meta-gradient stops
 training and is recorded as ``diverged`` (iteration and last finite loss), never as a crash
 or a NaN metric.
+
+The training step never waits for the device: losses and finiteness flags stay tensors and
+are read at log points (every ``log_every`` iterations). When a flag there says a step was not
+finite, the trainer rewinds to the log point before it (a snapshot of parameters, optimiser
+and RNG) and replays the finite steps, so the state, the divergence iteration and the last
+finite loss are exactly those of a run that checked every step.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -24,7 +31,7 @@ import torch
 
 from metatune import __version__
 from metatune.config import Components, RunConfig, parse_config
-from metatune.engine import meta_gradient
+from metatune.engine import COMPILE_STATS, meta_gradient
 from metatune.errors import CheckpointError, ConfigError
 from metatune.evaluate import EvalResult, evaluate
 
@@ -48,6 +55,8 @@ class TrainResult:
     last_finite_loss: float | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     evaluation: EvalResult | None = None
+    #: Whether the run compiled, and what it compiled: graphs, cache hits, seconds.
+    compile: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +70,7 @@ class TrainResult:
             "config": self.config,
             "history": self.history,
             "evaluation": self.evaluation.to_dict() if self.evaluation else None,
+            "compile": self.compile,
         }
 
 
@@ -114,7 +124,11 @@ class Trainer:
         params = self.learner.init_meta_params(generator=init_gen, dtype=self.dtype)
         self.meta = {k: v.to(self.device).requires_grad_() for k, v in params.items()}
         optimizer = torch.optim.Adam if cfg.training.outer_optimizer == "adam" else torch.optim.SGD
-        self.optimizer = optimizer(list(self.meta.values()), lr=cfg.training.outer_lr)
+        # One multi-tensor kernel per update instead of a Python loop over parameters.
+        fast = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        self.optimizer = optimizer(list(self.meta.values()), lr=cfg.training.outer_lr, **fast)
+        #: The learner's numeric settings as tensor inputs of the (compiled) step.
+        self.hp = self.learner.runtime_hparams(dtype=self.dtype, device=self.device)
         # One stream for training tasks and inner-loop noise, seeded apart from the init.
         self.generator = torch.Generator().manual_seed(cfg.seed + 1_000_003)
         self.iteration = 0
@@ -123,12 +137,16 @@ class Trainer:
         self.last_finite_loss: float | None = None
         self.history: list[dict[str, float]] = []
         self.wall_time_s = 0.0
-        self._last_stats: dict[str, float] = {}
-        self._meta_grad = meta_gradient(self.learner, compile=cfg.compile)
+        self._last_out: dict[str, torch.Tensor] = {}
+        #: Whether this run compiles (``compile: auto`` decides by the run's length).
+        self.compiled = cfg.compiles()
+        self._meta_grad = meta_gradient(self.learner, compile=self.compiled)
+        self._compile_before = COMPILE_STATS.snapshot()
 
     # ------------------------------------------------------------------ training
-    def step(self) -> float | None:
-        """One outer step; returns the meta-loss, or None (and marks diverged) if not finite."""
+    def _step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One outer step with no host sync: the meta-loss and a flag saying whether it and
+        every meta-gradient are finite. The update is applied either way (see ``train``)."""
         cfg = self.config.training
         batch = self.task.sample(cfg.meta_batch, generator=self.generator).to(device=self.device, dtype=self.dtype)
         noise = self.learner.sample_noise(
@@ -136,14 +154,9 @@ class Trainer:
             training=True,
         )
         noise = {k: v.to(self.device) for k, v in noise.items()}
-        loss, grads, out = self._meta_grad(self.meta, batch, noise)
-        value = loss.item()
-        finite = math.isfinite(value) and all(torch.isfinite(g).all() for g in grads.values())
-        if not finite:
-            self.status = "diverged"
-            self.diverged_at = self.iteration + 1
-            log.warning("meta-loss not finite at iteration %d: recorded as diverged", self.diverged_at)
-            return None
+        loss, grads, out = self._meta_grad(self.meta, batch, noise, self.hp)
+        # amax propagates NaN; one stacked isfinite instead of a host read per tensor.
+        finite = torch.isfinite(torch.stack([loss.detach().abs(), *(g.abs().amax() for g in grads.values())])).all()
         if cfg.grad_clip is not None:
             for g in grads.values():
                 g.clamp_(-cfg.grad_clip, cfg.grad_clip)
@@ -151,16 +164,52 @@ class Trainer:
             p.grad = grads[key]
         self.optimizer.step()
         self.iteration += 1
-        self.last_finite_loss = value
-        self._last_stats = {k: v.mean().item() for k, v in out.items() if k.startswith("stats/")}
-        return value
+        self._last_out = out
+        return loss.detach(), finite
+
+    def step(self) -> float | None:
+        """One outer step, checked at once; returns the meta-loss, or None (and marks
+        diverged, leaving the parameters as they were) if it was not finite."""
+        snapshot = self._snapshot()
+        loss, finite = self._step()
+        if not bool(finite):
+            self._restore(snapshot)
+            self._mark_diverged(self.iteration + 1)
+            return None
+        self.last_finite_loss = loss.item()
+        return self.last_finite_loss
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "meta": {k: v.detach().clone() for k, v in self.meta.items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "generator": self.generator.get_state(),
+            "iteration": self.iteration,
+        }
+
+    def _restore(self, snapshot: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for k, v in snapshot["meta"].items():
+                self.meta[k].copy_(v)
+        self.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
+        self.generator.set_state(snapshot["generator"])
+        self.iteration = snapshot["iteration"]
+
+    def _mark_diverged(self, iteration: int) -> None:
+        self.status = "diverged"
+        self.diverged_at = iteration
+        log.warning("meta-loss not finite at iteration %d: recorded as diverged", iteration)
+
+    def _stats(self) -> dict[str, float]:
+        """Mean of each per-task statistic of the last step (read at log points only)."""
+        return {k: v.mean().item() for k, v in self._last_out.items() if k.startswith("stats/")}
 
     def validate(self) -> dict[str, float]:
         """Post-adaptation query loss on a fixed set of validation tasks (training K and steps)."""
         cfg, ev = self.config.training, self.config.evaluation
         res = evaluate(
             self.learner, self.meta, tasks=cfg.val_tasks, steps=None, seed=ev.seed + 104_729,
-            split="val", chunk=ev.chunk, device=self.device, dtype=self.dtype,
+            split="val", chunk=ev.chunk, device=self.device, dtype=self.dtype, compile=self.compiled,
         )
         shot = res.by_shots[self.task.shots]
         metrics = {"val_loss": shot.loss.mean, "val_loss_ci95": shot.loss.ci95}
@@ -178,21 +227,27 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=self.learner.name, unit="it")
-        window: list[float] = []
+        window: list[torch.Tensor] = []
+        flags: list[torch.Tensor] = []
+        snapshot = self._snapshot()
         start = time.perf_counter()
         base_time = self.wall_time_s
         try:
             while self.iteration < cfg.iterations and self.status != "diverged":
-                loss = self.step()
-                if loss is None:
-                    break
+                loss, finite = self._step()
                 window.append(loss)
+                flags.append(finite)
                 if bar is not None:
                     bar.update(1)
                 it = self.iteration
                 if it % cfg.log_every == 0 or it == cfg.iterations:
-                    entry = {"iteration": it, "train_loss": sum(window) / len(window), **self._last_stats}
+                    if not self._window_finite(window, flags, snapshot):
+                        break
+                    losses = torch.stack(window)
+                    entry = {"iteration": it, "train_loss": losses.mean().item(), **self._stats()}
+                    self.last_finite_loss = losses[-1].item()
                     window.clear()
+                    flags.clear()
                     due_eval = cfg.eval_every and (it % cfg.eval_every == 0 or it == cfg.iterations)
                     if due_eval:
                         entry.update(self.validate())
@@ -206,6 +261,7 @@ class Trainer:
                         self.save(Path(checkpoint_dir) / CHECKPOINT_FILE)
                     if due_eval and report is not None:
                         report(self.metrics(entry), self)
+                    snapshot = self._snapshot()
         finally:
             if bar is not None:
                 bar.close()
@@ -218,13 +274,33 @@ class Trainer:
             evaluation = evaluate(
                 self.learner, self.meta, tasks=ev.tasks, shots=ev.shots, steps=ev.inner_steps,
                 curve_steps=ev.curve_steps, lr_scales=ev.lr_scales, seed=ev.seed, split=ev.split, chunk=ev.chunk,
-                device=self.device, dtype=self.dtype,
+                device=self.device, dtype=self.dtype, compile=self.compiled,
             )
         return TrainResult(
             status=self.status, iterations=self.iteration, config=self.config.to_dict(), seed=self.config.seed,
             wall_time_s=self.wall_time_s, diverged_at=self.diverged_at, last_finite_loss=self.last_finite_loss,
-            history=list(self.history), evaluation=evaluation,
+            history=list(self.history), evaluation=evaluation, compile=self.compile_record(),
         )
+
+    def compile_record(self) -> dict[str, Any]:
+        """Whether this run compiled, and the graphs, cache hits and seconds it took so far."""
+        return {"compiled": self.compiled, **COMPILE_STATS.since(self._compile_before)}
+
+    def _window_finite(self, window: list[torch.Tensor], flags: list[torch.Tensor], snapshot: dict[str, Any]) -> bool:
+        """Read the flags of the steps since ``snapshot`` (the one host sync per log point). If
+        one was not finite, rewind to the snapshot, replay the steps before it and mark the
+        run diverged at that step, with the last finite loss."""
+        ok = torch.stack(flags)
+        if bool(ok.all()):
+            return True
+        bad = int((~ok).nonzero()[0, 0])
+        self._restore(snapshot)
+        for _ in range(bad):
+            self._step()
+        if bad:
+            self.last_finite_loss = window[bad - 1].item()
+        self._mark_diverged(self.iteration + 1)
+        return False
 
     def metrics(self, entry: dict[str, float]) -> dict[str, float]:
         """Flat, always-finite metrics for a scheduler/searcher (see the study layer)."""

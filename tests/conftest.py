@@ -15,6 +15,15 @@ torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _array_cache(tmp_path_factory):
+    """Decoded data sets (metatune/tasks/_array_cache.py) go to a folder of this test run, not to
+    ~/.cache/metatune/arrays (subprocesses inherit it)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("METATUNE_DATA_CACHE", str(tmp_path_factory.mktemp("array_cache")))
+        yield
+
+
 @pytest.fixture
 def root() -> Path:
     return ROOT

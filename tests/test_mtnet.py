@@ -244,8 +244,8 @@ def test_T_metric_closed_form(masked):
         noise = {GUMBEL + "zeta/out.weight": g}
         mask = (g[0, 0] > 0).to(F64)
         noise = one(noise)
-    state = learner.init_state(meta, sx, sy, noise, lr_scale=1.0)
-    new = learner.inner_step(meta, state, sx, sy, noise, step=0, lr_scale=1.0)
+    state = learner.init_state(meta, sx, sy, noise, hp=learner.runtime_hparams(dtype=F64))
+    new = learner.inner_step(meta, state, sx, sy, noise, step=0, hp=learner.runtime_hparams(dtype=F64))
     A = (T @ meta["out.weight"]).requires_grad_()
     grad_A = torch.autograd.grad(((sx @ A.T - sy) ** 2).mean(), A)[0]
     y_old = qx @ A.detach().T
@@ -302,10 +302,10 @@ def test_T_and_zeta_are_never_adapted():
         gen = torch.Generator().manual_seed(3)
         batch = learner.task.sample(1, generator=gen).to(dtype=F64)
         noise = one(learner.sample_noise(1, generator=gen, meta_params=meta, steps=2, training=True))
-        state = learner.init_state(meta, batch.support_x[0], batch.support_y[0], noise, lr_scale=1.0)
+        state = learner.init_state(meta, batch.support_x[0], batch.support_y[0], noise, hp=learner.runtime_hparams(dtype=F64))
         for step in range(2):
             state = learner.inner_step(meta, state, batch.support_x[0], batch.support_y[0], noise, step=step,
-                                       lr_scale=1.0)
+                                       hp=learner.runtime_hparams(dtype=F64))
         assert set(state) == set(learner.backbone.adapted_keys())  # weights and biases only
 
 

@@ -139,9 +139,9 @@ def test_pamela_skip_mixes_theta_t_minus_w_by_hand():
 
     th1 = th0 - q0 * dloss(th0)
     th2 = (1 - p0) * (th1 - q1 * dloss(th1)) + p0 * th0
-    state = pam.init_state(meta, x, y, {}, lr_scale=1.0)
+    state = pam.init_state(meta, x, y, {}, hp=pam.runtime_hparams(dtype=F64))
     for step in range(2):
-        state = pam.inner_step(meta, state, x, y, {}, step=step, lr_scale=1.0)
+        state = pam.inner_step(meta, state, x, y, {}, step=step, hp=pam.runtime_hparams(dtype=F64))
     assert math.isclose(float(state["w"]["out.weight"]), th2, rel_tol=1e-12)
 
 

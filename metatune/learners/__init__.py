@@ -7,7 +7,7 @@ CLI pick it up from the registry.
 
 from __future__ import annotations
 
-from metatune.learners.base import Learner, Noise, State, TaskOutput
+from metatune.learners.base import HParams, Learner, Noise, State, TaskOutput
 from metatune.learners.hparams import COMMON, FIRST_ORDER, INNER_LR, INNER_STEPS, HyperParameter
 from metatune.learners.maml import FOMAML, MAML
 from metatune.learners.metasgd import MetaSGD
@@ -19,7 +19,7 @@ from metatune.registry import Registry
 
 __all__ = [
     "COMMON", "FIRST_ORDER", "FOMAML", "INNER_LR", "INNER_STEPS", "LEARNERS", "MAML",
-    "HyperParameter", "Learner", "MetaSGD", "Noise", "State", "TaskOutput", "register_learner",
+    "HParams", "HyperParameter", "Learner", "is_shipped", "MetaSGD", "Noise", "State", "TaskOutput", "register_learner",
     "MNet", "MNetFull", "MTNet", "MTNetFull", "TNet",
     "CxGrad", "PAMELA", "Wormhole",
 ]
@@ -42,3 +42,10 @@ register_learner("mtnet_full")(MTNetFull)
 register_learner("wormhole")(Wormhole)
 register_learner("pamela")(PAMELA)
 register_learner("cxgrad")(CxGrad)
+
+_SHIPPED: frozenset[type] = frozenset(LEARNERS.get(name) for name in LEARNERS.names())
+
+
+def is_shipped(cls: type) -> bool:
+    """Whether ``cls`` is one of metatune's own learners (these must compile: see engine)."""
+    return cls in _SHIPPED

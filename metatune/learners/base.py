@@ -19,9 +19,13 @@ from metatune.learners.hparams import COMMON, HyperParameter, Value
 from metatune.models.base import Backbone, Params
 from metatune.tasks.base import TaskBatch, TaskDistribution
 
-__all__ = ["Learner", "Noise", "State", "TaskOutput"]
+__all__ = ["HParams", "Learner", "Noise", "State", "TaskOutput"]
 
 Noise = dict[str, Tensor]
+#: The numeric hyperparameters of one call as 0-d tensors (every float setting, plus the
+#: evaluation's ``lr_scale``). They are inputs of the compiled step, never constants, so a
+#: sweep over their values reuses one compilation.
+HParams = dict[str, Tensor]
 #: A learner's per-task adaptation state; by default the adapted cell weights and biases.
 State = Any
 TaskOutput = dict[str, Tensor]
@@ -66,6 +70,27 @@ class Learner(abc.ABC):
             for name, h in declared.items()
         }
 
+    @classmethod
+    def runtime_names(cls) -> tuple[str, ...]:
+        """The settings that reach the inner loop as tensors (every float one)."""
+        return tuple(h.name for h in cls.hyperparameters if h.kind == "float")
+
+    def runtime_hparams(
+        self, *, lr_scale: float = 1.0, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+    ) -> HParams:
+        """This learner's numeric settings (and ``lr_scale``) as 0-d tensors for one call."""
+        values = {name: float(self.hparams[name]) for name in self.runtime_names()}
+        values["lr_scale"] = float(lr_scale)
+        return {k: torch.tensor(v, dtype=dtype, device=device) for k, v in values.items()}
+
+    def structure_key(self) -> tuple:
+        """What a compiled step depends on besides its tensor inputs: the learner class, its
+        non-numeric settings (steps, modes, flags), the backbone and the task. Two learners
+        with equal keys differ only in values that enter as :data:`HParams`."""
+        runtime = set(self.runtime_names())
+        settings = tuple(sorted((k, v) for k, v in self.hparams.items() if k not in runtime))
+        return (type(self).__module__, type(self).__qualname__, settings, repr(self.backbone), repr(self.task))
+
     def check_backbone(self, backbone: Backbone) -> None:
         if self.requires_batchnorm and not backbone.has_batchnorm:
             raise ConfigError(
@@ -87,15 +112,16 @@ class Learner(abc.ABC):
         return {}
 
     # ----------------------------------------------------------------- per task (under vmap)
-    def init_state(self, meta: Params, support_x: Tensor, support_y: Tensor, noise: Noise, *, lr_scale: float) -> State:
+    def init_state(self, meta: Params, support_x: Tensor, support_y: Tensor, noise: Noise, *, hp: HParams) -> State:
         return {k: meta[k] for k in self._adapted}
 
     @abc.abstractmethod
     def inner_step(
         self, meta: Params, state: State, support_x: Tensor, support_y: Tensor, noise: Noise,
-        *, step: int, lr_scale: float,
+        *, step: int, hp: HParams,
     ) -> State:
-        """One adaptation step for one task."""
+        """One adaptation step for one task. Numeric settings are read from ``hp`` (tensors),
+        never from ``self.hparams``: a constant there would be baked into the compiled step."""
 
     def predict(self, meta: Params, state: State, x: Tensor) -> Tensor:
         return self.backbone.apply({**meta, **state}, x)
@@ -118,11 +144,11 @@ class Learner(abc.ABC):
     # ----------------------------------------------------------------- batched API
     def run_task(
         self, meta: Params, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
-        noise: Noise, *, steps: int, lr_scale: float = 1.0, record: bool = False,
+        noise: Noise, *, steps: int, hp: HParams, record: bool = False,
     ) -> TaskOutput:
         """Adapt to one task and score the query set: ``loss`` (and ``accuracy``) after the last
         step, or after every step ``0..steps`` when ``record`` is set."""
-        state = self.init_state(meta, support_x, support_y, noise, lr_scale=lr_scale)
+        state = self.init_state(meta, support_x, support_y, noise, hp=hp)
         losses, accs = [], []
 
         def score(state: State) -> None:
@@ -135,7 +161,7 @@ class Learner(abc.ABC):
         if record:
             score(state)
         for step in range(steps):
-            state = self.inner_step(meta, state, support_x, support_y, noise, step=step, lr_scale=lr_scale)
+            state = self.inner_step(meta, state, support_x, support_y, noise, step=step, hp=hp)
             if record:
                 score(state)
         if not record:
@@ -149,19 +175,24 @@ class Learner(abc.ABC):
 
     def batched(
         self, meta: Params, batch: TaskBatch, noise: Noise, *, steps: int | None = None,
-        lr_scale: float = 1.0, record: bool = False,
+        lr_scale: float = 1.0, record: bool = False, hp: HParams | None = None,
     ) -> TaskOutput:
-        """``run_task`` over every task of ``batch`` at once (vmap); outputs gain a task dim."""
+        """``run_task`` over every task of ``batch`` at once (vmap); outputs gain a task dim.
+        ``hp`` defaults to :meth:`runtime_hparams` (with ``lr_scale``) in the batch's dtype."""
         steps = self.hparams["inner_steps"] if steps is None else steps
+        if hp is None:
+            hp = self.runtime_hparams(lr_scale=lr_scale, dtype=batch.support_x.dtype, device=batch.support_x.device)
 
         def one(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, nz: Noise) -> TaskOutput:
-            return self.run_task(meta, sx, sy, qx, qy, nz, steps=steps, lr_scale=lr_scale, record=record)
+            return self.run_task(meta, sx, sy, qx, qy, nz, steps=steps, hp=hp, record=record)
 
         return vmap(one, randomness="error")(
             batch.support_x, batch.support_y, batch.query_x, batch.query_y, noise
         )
 
-    def meta_loss(self, meta: Params, batch: TaskBatch, noise: Noise) -> tuple[Tensor, TaskOutput]:
+    def meta_loss(
+        self, meta: Params, batch: TaskBatch, noise: Noise, hp: HParams | None = None,
+    ) -> tuple[Tensor, TaskOutput]:
         """Mean query loss over the batch after ``inner_steps`` steps, and per-task outputs."""
-        out = self.batched(meta, batch, noise)
+        out = self.batched(meta, batch, noise, hp=hp)
         return out["loss"].mean(), out

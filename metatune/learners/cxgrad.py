@@ -40,7 +40,7 @@ from torch.func import grad
 from torch.nn import functional as F
 
 from metatune.errors import ConfigError
-from metatune.learners.base import Learner, Noise, State
+from metatune.learners.base import HParams, Learner, Noise, State
 from metatune.learners.hparams import COMMON, HyperParameter
 from metatune.models.base import Params
 
@@ -129,30 +129,30 @@ class CxGrad(Learner):
     def _zero_context(self, like: Tensor) -> Tensor:
         return torch.zeros(self.hparams["context_dim"], dtype=like.dtype, device=like.device)
 
-    def first_context_step(self, meta: Params, weights: Params, x: Tensor, y: Tensor) -> Tensor:
+    def first_context_step(self, meta: Params, weights: Params, x: Tensor, y: Tensor, *, hp: HParams) -> Tensor:
         """nu = 0, then nu <- nu - context_lr * grad_nu L_support(IGS(weights, nu))."""
         nu = self._zero_context(meta[G_KEYS[0]])
         g = grad(lambda n: self._loss(meta, self.igs(meta, weights, n), x, y))(nu)
         if self.hparams["first_order"] or self.hparams["cxgrad_detach_first_context_step"]:
             g = g.detach()
-        return nu - self.hparams["context_lr"] * g
+        return nu - hp["context_lr"] * g
 
     # ----------------------------------------------------------------- per task
-    def init_state(self, meta: Params, support_x: Tensor, support_y: Tensor, noise: Noise, *, lr_scale: float) -> State:
+    def init_state(self, meta: Params, support_x: Tensor, support_y: Tensor, noise: Noise, *, hp: HParams) -> State:
         weights = {k: meta[k] for k in self._adapted}
         if self.hparams["context_update"] == "task":
-            nu = self.first_context_step(meta, weights, support_x, support_y)
+            nu = self.first_context_step(meta, weights, support_x, support_y, hp=hp)
         else:
             nu = self._zero_context(meta[G_KEYS[0]])
         return {"w": weights, "nu": nu}
 
     def inner_step(
         self, meta: Params, state: State, support_x: Tensor, support_y: Tensor, noise: Noise,
-        *, step: int, lr_scale: float,
+        *, step: int, hp: HParams,
     ) -> State:
         weights, nu = state["w"], state["nu"]
         if self.hparams["context_update"] == "step":
-            nu = self.first_context_step(meta, weights, support_x, support_y)
+            nu = self.first_context_step(meta, weights, support_x, support_y, hp=hp)
 
         # One backward pass for both: d/d(delta) at delta = 0 is the gradient w.r.t. the scaled
         # weights; d/d(nu) is the total derivative through gamma(nu) (as autograd.grad on
@@ -163,10 +163,10 @@ class CxGrad(Learner):
 
         g = self.support_grad(loss, {"nu": nu, "delta": {k: torch.zeros_like(v) for k, v in weights.items()}})
         scaled = self.igs(meta, weights, nu)
-        lr = self.hparams["inner_lr"] * lr_scale
+        lr = hp["inner_lr"] * hp["lr_scale"]
         return {
             "w": {k: scaled[k] - lr * g["delta"][k] for k in scaled},
-            "nu": nu - self.hparams["context_lr"] * g["nu"],
+            "nu": nu - hp["context_lr"] * g["nu"],
         }
 
     def predict(self, meta: Params, state: State, x: Tensor) -> Tensor:

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from metatune.learners.base import Learner, Noise, State
+from metatune.learners.base import HParams, Learner, Noise, State
 from metatune.learners.hparams import COMMON, FIRST_ORDER, HyperParameter
 from metatune.models.base import Params
 
@@ -18,10 +18,10 @@ class MAML(Learner):
 
     def inner_step(
         self, meta: Params, state: State, support_x: Tensor, support_y: Tensor, noise: Noise,
-        *, step: int, lr_scale: float,
+        *, step: int, hp: HParams,
     ) -> State:
         grads = self.support_grad(lambda s: self.support_loss(meta, s, support_x, support_y), state)
-        lr = self.hparams["inner_lr"] * lr_scale
+        lr = hp["inner_lr"] * hp["lr_scale"]
         return {k: v - lr * grads[k] for k, v in state.items()}
 
 

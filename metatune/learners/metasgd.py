@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from metatune.learners.base import Learner, Noise, State
+from metatune.learners.base import HParams, Learner, Noise, State
 from metatune.learners.hparams import COMMON, HyperParameter
 from metatune.models.base import Params
 
@@ -44,7 +44,7 @@ class MetaSGD(Learner):
 
     def inner_step(
         self, meta: Params, state: State, support_x: Tensor, support_y: Tensor, noise: Noise,
-        *, step: int, lr_scale: float,
+        *, step: int, hp: HParams,
     ) -> State:
         grads = self.support_grad(lambda s: self.support_loss(meta, s, support_x, support_y), state)
-        return {k: v - lr_scale * meta[PREFIX + k] * grads[k] for k, v in state.items()}
+        return {k: v - hp["lr_scale"] * meta[PREFIX + k] * grads[k] for k, v in state.items()}

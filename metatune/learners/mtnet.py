@@ -68,7 +68,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from metatune.learners.base import Learner, Noise, State
+from metatune.learners.base import HParams, Learner, Noise, State
 from metatune.learners.hparams import COMMON, HyperParameter
 from metatune.models.base import Cell, Params, truncated_normal
 
@@ -178,8 +178,9 @@ class MaskedLearner(Learner):
         return noise
 
     # ----------------------------------------------------------------- masks (per task)
-    def zeta_masks(self, meta: Params, noise: Noise, step: int) -> dict[str, Tensor]:
+    def zeta_masks(self, meta: Params, noise: Noise, step: int, *, hp: HParams | None = None) -> dict[str, Tensor]:
         """The mask of every logit tensor at inner step ``step`` (one task's noise)."""
+        temperature = self.hparams["mask_temperature"] if hp is None else hp["mask_temperature"]
         masks: dict[str, Tensor] = {}
         for zk in self._zeta_keys:
             zeta = meta[zk]
@@ -189,13 +190,13 @@ class MaskedLearner(Learner):
             draws = noise[GUMBEL + zk]
             logits = zeta + draws[step if draws.shape[0] > 1 else 0]
             hard = (logits > 0).to(zeta.dtype)
-            soft = torch.sigmoid(logits / self.hparams["mask_temperature"])
+            soft = torch.sigmoid(logits / temperature)
             masks[zk] = hard + (soft - soft.detach())  # value: hard; gradient: that of soft
         return masks
 
-    def masks(self, meta: Params, noise: Noise, step: int) -> dict[str, Tensor]:
+    def masks(self, meta: Params, noise: Noise, step: int, *, hp: HParams | None = None) -> dict[str, Tensor]:
         """Masks broadcastable to each adapted tensor (rows for shared masks)."""
-        by_zeta = self.zeta_masks(meta, noise, step)
+        by_zeta = self.zeta_masks(meta, noise, step, hp=hp)
         out: dict[str, Tensor] = {}
         for key, (zk, per_row) in self._mask_of.items():
             m = by_zeta[zk]
@@ -207,13 +208,13 @@ class MaskedLearner(Learner):
     # ----------------------------------------------------------------- per task (under vmap)
     def inner_step(
         self, meta: Params, state: State, support_x: Tensor, support_y: Tensor, noise: Noise,
-        *, step: int, lr_scale: float,
+        *, step: int, hp: HParams,
     ) -> State:
         grads = self.support_grad(lambda s: self.support_loss(meta, s, support_x, support_y), state)
-        lr = self.hparams["inner_lr"] * lr_scale
+        lr = hp["inner_lr"] * hp["lr_scale"]
         if not self.use_M:
             return {k: v - lr * grads[k] for k, v in state.items()}
-        masks = self.masks(meta, noise, step)
+        masks = self.masks(meta, noise, step, hp=hp)
         return {k: v - lr * (masks[k] * grads[k]) for k, v in state.items()}
 
     def task_stats(self, meta: Params, state: State, noise: Noise) -> dict[str, Tensor]:

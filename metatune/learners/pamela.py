@@ -33,7 +33,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from metatune.learners.base import Learner, Noise, State
+from metatune.learners.base import HParams, Learner, Noise, State
 from metatune.learners.hparams import COMMON, HyperParameter
 from metatune.models.base import Cell, Params
 
@@ -118,14 +118,14 @@ class PAMELA(Learner):
     def _loss(self, meta: Params, weights: Params, x: Tensor, y: Tensor) -> Tensor:
         return self.task.loss(self.backbone.apply({**meta, **weights}, x), y)
 
-    def init_state(self, meta: Params, support_x: Tensor, support_y: Tensor, noise: Noise, *, lr_scale: float) -> State:
+    def init_state(self, meta: Params, support_x: Tensor, support_y: Tensor, noise: Noise, *, hp: HParams) -> State:
         theta = {k: meta[k] for k in self._adapted}
         # "anchor" = theta_{t-w} for the next skip: theta at the last multiple of w.
         return {"w": theta, "anchor": theta}
 
     def inner_step(
         self, meta: Params, state: State, support_x: Tensor, support_y: Tensor, noise: Noise,
-        *, step: int, lr_scale: float,
+        *, step: int, hp: HParams,
     ) -> State:
         n, width = self.num_q, self.hparams["skip_width"]
         j = step
@@ -143,7 +143,7 @@ class PAMELA(Learner):
         new = {}
         for cell in self._cells:
             for key in cell.keys:
-                new[key] = weights[key] - lr_scale * self._q(meta, j, cell, key, weights[key]) * grads[key]
+                new[key] = weights[key] - hp["lr_scale"] * self._q(meta, j, cell, key, weights[key]) * grads[key]
         t = step + 1
         anchor = state["anchor"]
         if t % width == 0:

@@ -27,14 +27,13 @@ curve) multiplies alpha only, not the C step size.
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from metatune.errors import ConfigError
-from metatune.learners.base import Learner, Noise, State
+from metatune.learners.base import HParams, Learner, Noise, State
 from metatune.learners.hparams import COMMON, HyperParameter
 from metatune.models.base import Backbone, Cell, Params
 from metatune.tasks.base import TaskDistribution
@@ -106,13 +105,18 @@ class Wormhole(Learner):
                 shapes[f"{cell.name}.bias"] = (cell.out_features,)
         return shapes
 
-    def init_c(self, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> dict[str, Tensor]:
-        """The raw task parameters at their initial value (t_0 for tanh, c_0 otherwise)."""
+    def init_c(
+        self, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+        hp: HParams | None = None,
+    ) -> dict[str, Tensor]:
+        """The raw task parameters at their initial value (t_0 for tanh, c_0 otherwise); from
+        ``hp`` when given (inside the compiled step), else from the settings."""
+        hp = self.runtime_hparams(dtype=dtype, device=device) if hp is None else hp
         if self.hparams["wormhole_c_form"] == "tanh":
-            value = math.atanh(self.hparams["wormhole_tanh_init"])
+            value = torch.atanh(hp["wormhole_tanh_init"])
         else:
-            value = self.hparams["wormhole_c_init"]
-        return {k: torch.full(s, value, dtype=dtype, device=device) for k, s in self.c_shapes().items()}
+            value = hp["wormhole_c_init"]
+        return {k: value * torch.ones(s, dtype=dtype, device=device) for k, s in self.c_shapes().items()}
 
     def c_values(self, raw: dict[str, Tensor]) -> dict[str, Tensor]:
         """C itself from the raw task parameters (tanh applied for the tanh form)."""
@@ -139,11 +143,11 @@ class Wormhole(Learner):
     def _loss(self, meta: Params, weights: Params, x: Tensor, y: Tensor) -> Tensor:
         return self.task.loss(self.backbone.apply({**meta, **weights}, x), y)
 
-    def init_state(self, meta: Params, support_x: Tensor, support_y: Tensor, noise: Noise, *, lr_scale: float) -> State:
+    def init_state(self, meta: Params, support_x: Tensor, support_y: Tensor, noise: Noise, *, hp: HParams) -> State:
         theta = {k: meta[k] for k in self._adapted}
         ref = theta[self._adapted[0]]
-        raw = self.init_c(dtype=ref.dtype, device=ref.device)
-        lr = self.hparams["wormhole_c_lr"]
+        raw = self.init_c(dtype=ref.dtype, device=ref.device, hp=hp)
+        lr = hp["wormhole_c_lr"]
         for _ in range(self.hparams["wormhole_c_steps"]):
             g = self.support_grad(lambda r: self._loss(meta, self.apply_c(theta, r), support_x, support_y), raw)
             if self.hparams["wormhole_c_first_order"]:
@@ -153,10 +157,10 @@ class Wormhole(Learner):
 
     def inner_step(
         self, meta: Params, state: State, support_x: Tensor, support_y: Tensor, noise: Noise,
-        *, step: int, lr_scale: float,
+        *, step: int, hp: HParams,
     ) -> State:
         grads = self.support_grad(lambda w: self._loss(meta, w, support_x, support_y), state["w"])
-        lr = self.hparams["inner_lr"] * lr_scale
+        lr = hp["inner_lr"] * hp["lr_scale"]
         return {"w": {k: v - lr * grads[k] for k, v in state["w"].items()}, "c": state["c"]}
 
     def predict(self, meta: Params, state: State, x: Tensor) -> Tensor:

@@ -151,7 +151,8 @@ class RunExtras:
 
     device: Literal["cpu", "cuda", "auto"] | None = None
     dtype: Literal["float32", "float64"] = "float32"
-    compile: bool = False
+    #: torch.compile each trial: true, false, or auto (the run config's rule, see RunConfig.compiles).
+    compile: bool | Literal["auto"] = "auto"
     #: torch threads per trial; null = resources.cpus (rounded down, at least 1).
     threads: int | None = None
 

@@ -17,7 +17,10 @@ scaled to [0, 1]; ``invert: true`` gives 1 - x (cbfinn's Omniglot loader inverts
 strokes 1). ``rotations: true`` adds every class rotated by 90, 180 and 270 degrees as three
 new classes in every split (the Omniglot augmentation; the rotated copies of a class stay in
 its split). The folders are scanned when the task is made (so a bad layout fails at once);
-a split's images are loaded on first use and kept on the instance.
+a split's images are loaded on first use and kept on the instance. The decoded split (uint8,
+before inversion and rotation) is cached on disk and memory-mapped by every later load on the
+machine, keyed by the files' paths, sizes and mtimes and the decode settings
+(``metatune/tasks/_array_cache.py``).
 
 Errors name the field and the path: a missing ``root`` or split folder, no class folders,
 a split with fewer classes than ``ways``, a class with fewer than ``shots + query`` images.
@@ -35,6 +38,7 @@ import torch
 
 from metatune._fields import positive
 from metatune.errors import ConfigError
+from metatune.tasks._array_cache import cached_arrays, source_key
 from metatune.tasks._checks import episode_sizes, split_counts, split_fractions
 from metatune.tasks.base import Split, TaskBatch
 from metatune.tasks.episodes import SPLITS, ClassPool, EpisodicTask
@@ -173,13 +177,26 @@ class ImageFolder(EpisodicTask):
         return {"name": "conv4", "channels": 64 if self.grayscale else 32}
 
     def _build_pool(self, split: Split) -> ClassPool:
+        from PIL import __version__ as pillow
+
         classes = self.__dict__["_classes"][split]
-        per_class = [
-            torch.stack([load_image(f, size=self.image_size, grayscale=self.grayscale) for f in files])
-            for _, files in classes
-        ]
-        return ClassPool.from_classes(per_class, [name for name, _ in classes], scale=255.0,
-                                      rotations=4 if self.rotations else 1)
+        files = [f for _, class_files in classes for f in class_files]
+        root = Path(self.root).expanduser()
+        settings = {"decode": "PIL convert, Lanczos resize, uint8 [N, C, H, W]", "pillow": pillow,
+                    "image_size": self.image_size, "grayscale": self.grayscale}
+        images = cached_arrays(source_key("image_folder", root, files, settings),
+                               lambda: {"images": self._decode(files)}, what=f"{root} ({split})")["images"]
+        counts = torch.tensor([len(class_files) for _, class_files in classes], dtype=torch.int64)
+        offsets = torch.cumsum(counts, 0) - counts
+        return ClassPool(torch.from_numpy(images), offsets, counts, tuple(name for name, _ in classes),
+                         scale=255.0, rotations=4 if self.rotations else 1)
+
+    def _decode(self, files: list[Path]) -> np.ndarray:
+        """The images of ``files``, in order, as one ``[N, C, size, size]`` uint8 array."""
+        out = np.empty((len(files), *self.input_shape), dtype=np.uint8)
+        for i, f in enumerate(files):
+            out[i] = load_image(f, size=self.image_size, grayscale=self.grayscale).numpy()
+        return out
 
     def sample(self, num_tasks: int, *, generator: torch.Generator, shots: int | None = None,
                split: Split = "train") -> TaskBatch:

@@ -14,7 +14,9 @@ paper's 2-way 1-shot; the query size (15 per class) is [inferred].
 
 Images are ``[1, 28, 28]`` float32 in [0, 1]. Default backbone ``digits_conv`` (28 -> 14 -> 7).
 The files are read when the task is made (a missing, truncated or corrupt file is a
-ConfigError naming it) and cached per process.
+ConfigError naming it) and cached per process; the decoded arrays are also cached on disk and
+memory-mapped by every later load on the machine, keyed by the files' paths, sizes and mtimes
+(``metatune/tasks/_array_cache.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metatune.tasks._array_cache import cached_arrays, source_key
 from metatune.tasks._checks import episode_sizes
 from metatune.errors import ConfigError
 from metatune.tasks.base import Split
@@ -97,6 +100,16 @@ def _load(root: Path) -> dict[str, np.ndarray]:
     key = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths.values())
     if key in _CACHE:
         return _CACHE[key]
+    arrays = cached_arrays(source_key("mnist", root, paths.values(), {"reader": "read_idx"}),
+                           lambda: _read(root, paths), what=str(root))
+    while len(_CACHE) >= 2:  # keep at most two data sets per process
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[key] = arrays
+    return arrays
+
+
+def _read(root: Path, paths: dict[str, Path]) -> dict[str, np.ndarray]:
+    """Decode and check the four files (only checked arrays reach the disk cache)."""
     arrays = {k: read_idx(p) for k, p in paths.items()}
     for part in ("train", "test"):
         images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
@@ -114,9 +127,6 @@ def _load(root: Path) -> dict[str, np.ndarray]:
         if arrays[f"{part}_images"].dtype != np.uint8:
             raise ConfigError("root", f"{paths[f'{part}_images']}: expected unsigned-byte pixels, got "
                               f"{arrays[f'{part}_images'].dtype}")
-    while len(_CACHE) >= 2:  # keep at most two data sets per process
-        _CACHE.pop(next(iter(_CACHE)))
-    _CACHE[key] = arrays
     return arrays
 
 
