@@ -140,6 +140,7 @@ class Trainer:
         self._last_out: dict[str, torch.Tensor] = {}
         #: Whether this run compiles (``compile: auto`` decides by the run's length).
         self.compiled = cfg.compiles()
+        self.compiled_evaluation = cfg.compiles_evaluation(self.device.type)
         self._meta_grad = meta_gradient(self.learner, compile=self.compiled)
         self._compile_before = COMPILE_STATS.snapshot()
 
@@ -209,7 +210,7 @@ class Trainer:
         cfg, ev = self.config.training, self.config.evaluation
         res = evaluate(
             self.learner, self.meta, tasks=cfg.val_tasks, steps=None, seed=ev.seed + 104_729,
-            split="val", chunk=ev.chunk, device=self.device, dtype=self.dtype, compile=self.compiled,
+            split="val", chunk=ev.chunk, device=self.device, dtype=self.dtype, compile=self.compiled_evaluation,
         )
         shot = res.by_shots[self.task.shots]
         metrics = {"val_loss": shot.loss.mean, "val_loss_ci95": shot.loss.ci95}
@@ -274,7 +275,7 @@ class Trainer:
             evaluation = evaluate(
                 self.learner, self.meta, tasks=ev.tasks, shots=ev.shots, steps=ev.inner_steps,
                 curve_steps=ev.curve_steps, lr_scales=ev.lr_scales, seed=ev.seed, split=ev.split, chunk=ev.chunk,
-                device=self.device, dtype=self.dtype, compile=self.compiled,
+                device=self.device, dtype=self.dtype, compile=self.compiled_evaluation,
             )
         return TrainResult(
             status=self.status, iterations=self.iteration, config=self.config.to_dict(), seed=self.config.seed,
@@ -284,7 +285,10 @@ class Trainer:
 
     def compile_record(self) -> dict[str, Any]:
         """Whether this run compiled, and the graphs, cache hits and seconds it took so far."""
-        return {"compiled": self.compiled, **COMPILE_STATS.since(self._compile_before)}
+        return {
+            "compiled": self.compiled, "compiled_evaluation": self.compiled_evaluation,
+            **COMPILE_STATS.since(self._compile_before),
+        }
 
     def _window_finite(self, window: list[torch.Tensor], flags: list[torch.Tensor], snapshot: dict[str, Any]) -> bool:
         """Read the flags of the steps since ``snapshot`` (the one host sync per log point). If

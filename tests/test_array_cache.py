@@ -125,8 +125,8 @@ CHILD = textwrap.dedent("""
 
 
 def child(root: Path, barrier: Path | None = None, me: str = "0") -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(root), str(barrier or ""), me, json.dumps(OMNIGLOT)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [sys.executable, "-c", CHILD, str(root), str(barrier or ""), me, json.dumps(OMNIGLOT)]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def result(proc: subprocess.Popen) -> tuple[dict, str]:
@@ -219,10 +219,15 @@ def test_touched_or_edited_file_invalidates(small_folder: Path, cache: Path, dec
 
 
 @pytest.mark.parametrize("damage", ["truncate_npy", "garble_npy_header", "garble_sidecar", "drop_npy"])
-def test_damaged_entry_is_rebuilt(small_folder: Path, cache: Path, decodes: list, caplog, damage: str) -> None:
+def test_damaged_entry_is_rebuilt(small_folder: Path, cache: Path, decodes: list, caplog,
+                                  damage: str) -> None:
     """(d)"""
     task = ImageFolder(root=str(small_folder), **OMNIGLOT)
-    good = task.pool("train")
+    pool = task.pool("train")
+    # a copy: damaging a mapped file in place is what must never happen to a live entry
+    # (truncating it under a mapping is a SIGBUS; the cache itself only ever renames new files in)
+    good = ClassPool(pool.images.clone(), pool.offsets, pool.counts, pool.names, pool.scale, pool.rotations)
+    del pool, task
     n = len(decodes)
     (npy,), (sidecar,) = cache.glob("*.npy"), entries(cache)
     size = npy.stat().st_size
@@ -270,6 +275,24 @@ def test_read_only_cache_folder(small_folder: Path, cache: Path, decodes: list) 
         assert_same_pool(task.pool("train"), reference_pool(task, "train"))
     finally:
         cache.chmod(0o755)
+
+
+def test_lock_not_creatable(small_folder: Path, cache: Path, monkeypatch, decodes: list, caplog) -> None:
+    """A folder that exists but refuses new files (a read-only mount, another user's folder)."""
+    class Refused:
+        def __init__(self, path: str, **kwargs) -> None:
+            self.path = path
+
+        def acquire(self) -> None:
+            raise PermissionError(13, "Permission denied", self.path)
+
+    monkeypatch.setattr(_array_cache, "FileLock", Refused)
+    with caplog.at_level(logging.WARNING, logger=_array_cache.__name__):
+        task = ImageFolder(root=str(small_folder), **OMNIGLOT)
+        pool = task.pool("train")
+    assert "Permission denied" in caplog.text
+    assert_same_pool(pool, reference_pool(task, "train"))
+    assert not list(cache.iterdir())
 
 
 def test_full_disk_while_writing(small_folder: Path, cache: Path, monkeypatch, decodes: list, caplog) -> None:
@@ -332,7 +355,8 @@ def idx_reads(monkeypatch) -> list[Path]:
 
 
 def decoded_mnist(root: Path) -> dict[str, np.ndarray]:
-    return {k: mnist_module.read_idx(mnist_module._find(root, stem)) for k, stem in mnist_module._FILES.items()}
+    files = mnist_module._FILES.items()
+    return {k: mnist_module.read_idx(mnist_module._find(root, stem)) for k, stem in files}
 
 
 def test_mnist_decoded_once(mnist_root: Path, cache: Path, idx_reads: list, monkeypatch) -> None:
@@ -353,7 +377,8 @@ def test_mnist_decoded_once(mnist_root: Path, cache: Path, idx_reads: list, monk
     code = ("import json, sys; from metatune.tasks import mnist as m; calls = []; r = m.read_idx; "
             "m.read_idx = lambda p, **k: (calls.append(p), r(p, **k))[1]; "
             "a = m._load(m.Path(sys.argv[1])); print(json.dumps([len(calls), int(a['train_images'].sum())]))")
-    out = subprocess.run([sys.executable, "-c", code, str(mnist_root)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code, str(mnist_root)], capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [0, int(reference["train_images"].sum())]
 

@@ -310,6 +310,10 @@ class Tracker:
             "last_finite_loss": record.last_finite_loss,
             "wall_time_s": record.wall_time_s,
             "iterations": record.iteration,
+            "compiled": None if record.compiled is None else float(record.compiled),
+            "compile_graphs": record.compile_graphs,
+            "compile_cache_hits": record.compile_cache_hits,
+            "compile_seconds": record.compile_seconds,
         }
         if record.finished:
             points += [(k, v, 0) for k, v in finals.items() if v is not None]

@@ -35,6 +35,11 @@ def intermediate_payload(metrics: Mapping[str, float], *, metric: str, penalty: 
     return out
 
 
+#: What a trial records of its compilation (engine.CompileStats.since): graphs compiled, of
+#: them loaded from the persistent cache, and seconds spent in compiling calls.
+COMPILE_FIELDS = ("compile_graphs", "compile_cache_hits", "compile_seconds")
+
+
 def _curve(summaries: list[Mapping[str, Any]]) -> tuple[list[float | None], list[float | None]]:
     return [finite(s.get("mean")) for s in summaries], [finite(s.get("ci95")) for s in summaries]
 
@@ -57,6 +62,12 @@ def final_payload(
         "last_finite_loss": finite(result.get("last_finite_loss")),
         "wall_time_s": float(result.get("wall_time_s") or 0.0),
     }
+    compiled = result.get("compile") or {}
+    if compiled:
+        out["compiled"] = 1.0 if compiled.get("compiled") else 0.0
+        for key in COMPILE_FIELDS:
+            if compiled.get(key) is not None:
+                out[key] = compiled[key]
     val = {k: finite(v) for k, v in (validation or {}).items()}
     for k, v in val.items():
         if v is not None and not diverged:
@@ -123,6 +134,11 @@ class TrialRecord:
     diverged_at: int | None = None
     last_finite_loss: float | None = None
     wall_time_s: float | None = None
+    #: Whether the trial trained compiled; its compile counter (see COMPILE_FIELDS).
+    compiled: bool | None = None
+    compile_graphs: int | None = None
+    compile_cache_hits: int | None = None
+    compile_seconds: float | None = None
     num_failures: int = 0
     error: str | None = None
     timestamp: float | None = None
@@ -201,6 +217,12 @@ def record_from_tune(
         diverged_at=int(res["diverged_at"]) if res.get("diverged_at") is not None else None,
         last_finite_loss=finite(res.get("last_finite_loss")),
         wall_time_s=finite(res.get("wall_time_s")) or finite(res.get("time_total_s")),
+        compiled=bool(res["compiled"]) if finite(res.get("compiled")) is not None else None,
+        compile_graphs=int(res["compile_graphs"]) if finite(res.get("compile_graphs")) is not None else None,
+        compile_cache_hits=(
+            int(res["compile_cache_hits"]) if finite(res.get("compile_cache_hits")) is not None else None
+        ),
+        compile_seconds=finite(res.get("compile_seconds")),
         num_failures=num_failures,
         error=error,
         timestamp=finite(res.get("timestamp")),

@@ -32,6 +32,10 @@ _SCALARS: list[tuple[str, pa.DataType]] = [
     ("diverged_at", pa.int64()),
     ("last_finite_loss", pa.float64()),
     ("wall_time_s", pa.float64()),
+    ("compiled", pa.bool_()),
+    ("compile_graphs", pa.int64()),
+    ("compile_cache_hits", pa.int64()),
+    ("compile_seconds", pa.float64()),
     ("num_failures", pa.int64()),
     ("error", pa.string()),
 ]

@@ -40,8 +40,7 @@ _warned: set[str] = set()
 
 def cache_dir() -> Path:
     """``$METATUNE_DATA_CACHE``, else ``$XDG_CACHE_HOME/metatune/arrays`` (``~/.cache/...``)."""
-    env = os.environ.get("METATUNE_DATA_CACHE")
-    if env:
+    if env := os.environ.get("METATUNE_DATA_CACHE"):
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base).expanduser() / "metatune" / "arrays"
@@ -57,10 +56,10 @@ def source_key(label: str, root: Path, files: Iterable[Path], settings: Mapping[
     for f in files:
         try:
             st = os.stat(f)
-            size, mtime = st.st_size, st.st_mtime_ns
+            stamp = f"{st.st_size}\0{st.st_mtime_ns}"
         except OSError:
-            size, mtime = -1, -1
-        digest.update(f"{Path(f).relative_to(root).as_posix()}\0{size}\0{mtime}\0".encode())
+            stamp = "-1\0-1"
+        digest.update(f"{Path(f).relative_to(root).as_posix()}\0{stamp}\0".encode())
     return f"{label}-{digest.hexdigest()}"
 
 
@@ -70,14 +69,13 @@ def cached_arrays(key: str, build: Callable[[], dict[str, np.ndarray]], *,
     ``key`` on this machine. Cached arrays are memory-mapped copy-on-write: the pages are shared
     between processes, the arrays are writable like fresh ones, and the files are never written.
     Errors raised by ``build`` propagate; cache I/O errors only mean decoding in memory."""
-    folder = cache_dir()
     try:
+        folder = cache_dir()
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        _warn(folder, exc)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: no home directory
+        _warn(os.environ.get("METATUNE_DATA_CACHE") or "~/.cache/metatune/arrays", exc)
         return build()
-    hit = _open(folder, key)
-    if hit is not None:
+    if (hit := _open(folder, key)) is not None:
         log.debug("memory-mapped %s from the array cache (%s)", what or key, folder)
         return hit
     lock = FileLock(str(folder / f"{key}.lock"), timeout=LOCK_TIMEOUT_S)
@@ -87,8 +85,7 @@ def cached_arrays(key: str, build: Callable[[], dict[str, np.ndarray]], *,
         _warn(folder, exc)
         return build()
     try:
-        hit = _open(folder, key)  # another process may have built it while this one waited
-        if hit is not None:
+        if (hit := _open(folder, key)) is not None:  # another process built it while this one waited
             return hit
         start = time.perf_counter()
         arrays = build()
@@ -99,8 +96,7 @@ def cached_arrays(key: str, build: Callable[[], dict[str, np.ndarray]], *,
             return arrays
         log.info("decoded %s into the array cache %s in %.1f s", what or key, folder,
                  time.perf_counter() - start)
-        hit = _open(folder, key)
-        return arrays if hit is None else hit
+        return arrays if (hit := _open(folder, key)) is None else hit
     finally:
         lock.release()
 
@@ -114,13 +110,12 @@ def _open(folder: Path, key: str) -> dict[str, np.ndarray] | None:
         out = {}
         for name, info in meta["arrays"].items():
             path = folder / f"{key}.{name}.npy"
-            if path.stat().st_size != info["bytes"]:
-                raise ValueError(f"{path.name} has {path.stat().st_size} bytes, expected {info['bytes']}")
-            empty = 0 in info["shape"]  # an empty region cannot be mapped
-            arr = np.load(path, mmap_mode=None if empty else "c", allow_pickle=False)
-            if list(arr.shape) != info["shape"] or arr.dtype.str != info["dtype"]:
-                raise ValueError(f"{path.name} holds {arr.dtype.str} {list(arr.shape)}, expected "
-                                 f"{info['dtype']} {info['shape']}")
+            if (size := path.stat().st_size) != info["bytes"]:
+                raise ValueError(f"{path.name} has {size} bytes, the sidecar says {info['bytes']}")
+            # "c" (copy-on-write, see cached_arrays); an empty region cannot be mapped
+            arr = np.load(path, mmap_mode=None if 0 in info["shape"] else "c", allow_pickle=False)
+            if [list(arr.shape), arr.dtype.str] != [info["shape"], info["dtype"]]:
+                raise ValueError(f"{path.name} holds {arr.dtype.str} {list(arr.shape)}, not {info}")
             out[name] = np.asarray(arr)
         return out
     except FileNotFoundError:
@@ -136,8 +131,8 @@ def _write(folder: Path, key: str, arrays: Mapping[str, np.ndarray], what: str) 
         arr = np.asarray(arr)
         target = folder / f"{key}.{name}.npy"
         _replace(target, lambda fh, a=arr: np.save(fh, a, allow_pickle=False))
-        meta["arrays"][name] = {"shape": list(arr.shape), "dtype": arr.dtype.str,
-                                "bytes": target.stat().st_size}
+        size = target.stat().st_size
+        meta["arrays"][name] = {"shape": list(arr.shape), "dtype": arr.dtype.str, "bytes": size}
     # the sidecar last: an entry without one is incomplete and is rebuilt
     _replace(folder / f"{key}.json", lambda fh: fh.write(json.dumps(meta, indent=1).encode()))
 
@@ -156,7 +151,7 @@ def _replace(target: Path, write: Callable[..., object]) -> None:
         raise
 
 
-def _warn(folder: Path, exc: BaseException) -> None:
+def _warn(folder: Path | str, exc: BaseException) -> None:
     if str(folder) not in _warned:
         _warned.add(str(folder))
         log.warning("array cache %s is not usable (%s); decoding in memory (set METATUNE_DATA_CACHE "
