@@ -232,9 +232,15 @@ def meta_gradient(learner: Learner, *, compile: bool = False) -> MetaGradient:
     if not compile:
         return plain
 
+    steps: dict[tuple, _Compiled] = {}  # per (device, dtype): the structure key is built once
+
     def compiled(meta: Params, batch: TaskBatch, noise: Noise, hp: HParams | None = None):
         hp = _hp_for(learner, meta, hp)
-        step = _compiled_for("meta-gradient", _outer_step, learner, meta)
+        ref = next(iter(meta.values()))
+        where = (ref.device, ref.dtype)
+        step = steps.get(where)
+        if step is None:
+            step = steps[where] = _compiled_for("meta-gradient", _outer_step, learner, meta)
         return step(lambda: plain(meta, batch, noise, hp), learner, *_detached(meta, batch, noise, hp))
 
     return compiled

@@ -145,11 +145,11 @@ def test_numeric_settings_reach_the_step_only_as_tensors(name):
     hp = other.learner.runtime_hparams(dtype=F64)
     _, got, _ = meta_gradient(base.learner)(meta, batch, noise, hp)
     _, want, _ = meta_gradient(other.learner)(meta, batch, noise)
-    _, unchanged, _ = meta_gradient(base.learner)(meta, batch, noise)
     for k in meta:
         assert torch.equal(got[k], want[k]), f"{name} {k}: a numeric setting is read as a constant"
-    if varied:
-        assert any(not torch.equal(got[k], unchanged[k]) for k in meta), "hp had no effect"
+    # And the tensors are what the step reads (every learner scales its inner step by lr_scale).
+    _, scaled, _ = meta_gradient(base.learner)(meta, batch, noise, {**hp, "lr_scale": hp["lr_scale"] * 1.3})
+    assert any(not torch.equal(scaled[k], got[k]) for k in meta), "hp had no effect"
 
 
 def test_alpha_grid_compiles_once():
