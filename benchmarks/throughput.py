@@ -1,8 +1,8 @@
-"""Meta-training throughput on sine regression: per-task autograd loop vs ``higher`` vs metatune.
+"""Meta-training throughput on sine regression: per-task loop vs ``higher`` vs metatune vs a hand-written ceiling.
 
 One outer step = the meta-gradient of a meta-batch of 25 sine tasks (``Sine(protocol="maml",
 shots=10)``, 1-40-40-1 ReLU MLP, plain SGD inner loop with rate 0.01) plus an Adam update of the
-meta-parameters. Four implementations of that step, on the same initial parameters and batches:
+meta-parameters. Five implementations of that step, on the same initial parameters and batches:
 
 * ``loop``     -- a Python loop over tasks with ``torch.autograd.grad(create_graph=not first_order)``
   on the functional backbone (``MLP.apply``); the reference every ratio is taken against;
@@ -10,15 +10,27 @@ meta-parameters. Four implementations of that step, on the same initial paramete
   same MLP with an SGD inner optimiser, ``track_higher_grads`` = second order (first order takes
   the query gradient at the adapted weights, as FOMAML does with higher);
 * ``vmap``     -- ``metatune.engine.meta_gradient(learner)``: every task at once (vmap + grad);
+* ``reference`` -- a minimal hand-written compiled torch.func MAML (benchmarks/_reference_maml.py,
+  no metatune inside): the ceiling ``compiled`` is compared with (column "x ref", and the
+  "compiled / reference" lines per cell);
 * ``compiled`` -- ``meta_gradient(learner, compile=True)``: the same, ``torch.compile``'d.
+The metatune methods get the hyperparameters as the Trainer passes them: ``hp =
+learner.runtime_hparams(dtype=, device=)`` once, then ``fn(meta, batch, {}, hp)`` per step.
 
 Each measurement: a first call (for ``compiled`` the compilation; reported as "first call"),
 ``--warmup`` more calls, then ``--repeats`` timings of ``--iterations`` outer steps each, of
-which the fastest is reported (the machines this runs on are shared; the repeats of the four
+which the fastest is reported (the machines this runs on are shared; the repeats of the
 methods are interleaved so that each sees the same spells of load); ``--max-seconds`` lowers
 the count for slow methods (column "iters"). Batches are sampled up front (a pool of 8,
 cycled), so task sampling is not timed. Before timing, each method's gradient on the first
-batch is compared with the loop's (column "grad err": max relative error).
+batch is compared with the loop's (column "grad err": max relative error). ``--runs N`` repeats
+the whole comparison N times in one process (graphs compiled in run 1 are reused) and prints
+the compiled / reference ratio of every cell per run.
+
+Peak memory ("peak MiB"): on CUDA ``torch.cuda.max_memory_allocated`` over the method's first
+call and warm-up, less what was allocated before (reset per method); on CPU, with ``--memory``,
+the growth of the peak RSS (VmHWM) of a fresh child process running that method's first call,
+warm-up and 20 steps, over its RSS after setup (about 5 s per method and cell, so optional).
 
 By default Inductor compiles into a fresh, temporary cache, so "first call" of ``compiled`` is a
 cold compilation; ``--warm-cache`` (implied by ``--quick``) uses the user's cache instead.
@@ -26,6 +38,7 @@ cold compilation; ``--warm-cache`` (implied by ``--quick``) uses the user's cach
     python benchmarks/throughput.py                          # 1 thread and all cores, CPU
     python benchmarks/throughput.py --device cpu,cuda        # also on the GPU
     python benchmarks/throughput.py --quick                  # smoke test (under a minute)
+    python benchmarks/throughput.py --threads 1 --methods loop,reference,compiled --runs 3
 """
 
 from __future__ import annotations
@@ -42,7 +55,7 @@ import tempfile
 import time
 from pathlib import Path
 
-METHODS = ("loop", "higher", "vmap", "compiled")
+METHODS = ("loop", "higher", "vmap", "reference", "compiled")
 INNER_LR = 0.01
 OUTER_LR = 1e-3
 META_BATCH = 25
@@ -68,6 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="use the user's Inductor cache (default without --quick: a fresh, cold one)")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--runs", type=int, default=1, help="repeat the whole comparison this many times in one process")
+    p.add_argument("--memory", action="store_true",
+                   help="CPU: also measure each method's peak RSS growth in a fresh child process (CUDA: always)")
+    p.add_argument("--ratio-target", type=float, default=0.95,
+                   help="compiled / reference ratio every cell should reach (summary line; default 0.95)")
+    p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)  # internal: one method, one cell
     args = p.parse_args(argv)
     q = args.quick
     args.warm_cache = args.warm_cache or q
@@ -84,6 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for m in args.methods:
         if m not in METHODS:
             p.error(f"--methods: unknown method {m!r}")
+    if args.runs < 1:
+        p.error("--runs: expected at least 1")
     args.methods = ["loop"] + [m for m in args.methods if m != "loop"]  # the reference of every ratio
     return args
 
@@ -139,7 +160,7 @@ class Setup:
         return {k: v.clone().requires_grad_() for k, v in self.init.items()}
 
 
-# --------------------------------------------------------------------------- the four methods
+# --------------------------------------------------------------------------- the methods
 # Each builder returns (step, grads): step(batch) does one outer step including the Adam update;
 # grads(batch) returns the meta-gradient (ordered like Setup.init) without updating anything.
 def build_loop(s: Setup):
@@ -232,13 +253,16 @@ def _build_metatune(s: Setup, compile: bool):
     meta = s.fresh_meta()
     opt = torch.optim.Adam(list(meta.values()), lr=OUTER_LR)
     fn = meta_gradient(s.learner, compile=compile)
+    # As the Trainer does: the numeric settings as tensors, built once, passed to every call.
+    ref = next(iter(meta.values()))
+    hp = s.learner.runtime_hparams(dtype=ref.dtype, device=ref.device)
 
     def grads(batch):
-        _, g, _ = fn(meta, batch, {})
+        _, g, _ = fn(meta, batch, {}, hp)
         return tuple(g[k] for k in meta)
 
     def step(batch):
-        _, g, _ = fn(meta, batch, {})
+        _, g, _ = fn(meta, batch, {}, hp)
         for k, p in meta.items():
             p.grad = g[k]
         opt.step()
@@ -256,7 +280,33 @@ def build_compiled(s: Setup):
     return step, grads, fn
 
 
-BUILDERS = {"loop": build_loop, "higher": build_higher, "vmap": build_vmap, "compiled": build_compiled}
+def build_reference(s: Setup):
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _reference_maml import compiled_maml_step
+
+    meta = s.fresh_meta()
+    keys = tuple(meta)
+    assert [k.rsplit(".", 1)[1] for k in keys] == ["weight", "bias"] * (len(keys) // 2), keys
+    opt = torch.optim.Adam(list(meta.values()), lr=OUTER_LR)
+    fn = compiled_maml_step(keys, s.steps, INNER_LR, s.first_order)
+
+    def grads(batch):
+        _, g = fn({k: v.detach() for k, v in meta.items()}, batch.support_x, batch.support_y,
+                  batch.query_x, batch.query_y)
+        return tuple(g[k] for k in keys)
+
+    def step(batch):
+        for p, g in zip(meta.values(), grads(batch)):
+            p.grad = g
+        opt.step()
+
+    return step, grads
+
+
+BUILDERS = {"loop": build_loop, "higher": build_higher, "vmap": build_vmap, "reference": build_reference,
+            "compiled": build_compiled}
 
 
 # --------------------------------------------------------------------------- measuring
@@ -270,6 +320,13 @@ def sync(device: str) -> None:
 def prepare(method: str, s: Setup, args: argparse.Namespace, ref_grads) -> dict:
     """Build ``method``, make its first call (for ``compiled`` the compilation), check its
     gradient against the loop's, warm it up and fix its timed iteration count."""
+    import torch
+
+    cuda = s.device == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
     built = BUILDERS[method](s)
     step, grads = built[0], built[1]
     batches = s.batches
@@ -291,9 +348,11 @@ def prepare(method: str, s: Setup, args: argparse.Namespace, ref_grads) -> dict:
     if args.max_seconds is not None and args.warmup:
         per_step = (time.perf_counter() - t0) / args.warmup
         iterations = max(3, min(iterations, int(args.max_seconds / max(per_step, 1e-9))))
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else None
     return {
         "method": method, "first_call_s": first_call, "grad_rel_err_vs_loop": err, "iterations": iterations,
-        "compile_fell_back": fell_back, "_step": step, "_grads": g,
+        "compile_fell_back": fell_back, "peak_mib": peak, "peak_what": "cuda max_memory_allocated" if cuda else None,
+        "_step": step, "_grads": g,
     }
 
 

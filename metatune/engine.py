@@ -30,14 +30,24 @@ from metatune.models.base import Params
 from metatune.tasks.base import TaskBatch
 
 __all__ = [
-    "COMPILE_STATS", "CompileStats", "MetaGradient", "compile_cache_dir", "configure_compile_cache",
+    "ALL_FINITE", "COMPILE_STATS", "CompileStats", "MetaGradient", "all_finite", "compile_cache_dir", "configure_compile_cache",
     "evaluation_forward", "meta_gradient",
 ]
 
 log = logging.getLogger(__name__)
 
-#: (meta-params, batch, noise, hp=None) -> (meta-loss, gradients keyed like meta-params, per-task outputs)
+#: (meta-params, batch, noise, hp=None) -> (meta-loss, gradients keyed like meta-params, per-task
+#: outputs plus ``ALL_FINITE``)
 MetaGradient = Callable[..., tuple[Tensor, dict[str, Tensor], TaskOutput]]
+
+#: Key of the outputs holding a 0-d bool: the meta-loss and every meta-gradient are finite.
+#: Computed inside the compiled graph, so checking it costs the trainer no kernels of its own.
+ALL_FINITE = "all_finite"
+
+
+def all_finite(loss: Tensor, grads: dict[str, Tensor]) -> Tensor:
+    """Whether ``loss`` and every gradient are finite, on the device (amax propagates NaN)."""
+    return torch.isfinite(torch.stack([loss.detach().abs(), *(g.detach().abs().amax() for g in grads.values())])).all()
 
 #: Environment variable naming the compile cache folder (default: ~/.cache/metatune/torch_compile).
 CACHE_ENV = "METATUNE_COMPILE_CACHE"
@@ -144,7 +154,7 @@ def _outer_step(
     grads, (loss, out) = torch.func.grad_and_value(
         lambda m: learner.meta_loss(m, batch, noise, hp), has_aux=True
     )(meta)
-    return loss, grads, out
+    return loss, grads, {**out, ALL_FINITE: all_finite(loss, grads)}
 
 
 def _eval_forward(
@@ -227,7 +237,8 @@ def meta_gradient(learner: Learner, *, compile: bool = False) -> MetaGradient:
         loss, out = learner.meta_loss(meta, batch, noise, _hp_for(learner, meta, hp))
         keys = list(meta)
         grads = torch.autograd.grad(loss, [meta[k] for k in keys], allow_unused=True)
-        return loss, {k: torch.zeros_like(meta[k]) if g is None else g for k, g in zip(keys, grads)}, out
+        grads = {k: torch.zeros_like(meta[k]) if g is None else g for k, g in zip(keys, grads)}
+        return loss, grads, {**out, ALL_FINITE: all_finite(loss, grads)}
 
     if not compile:
         return plain
