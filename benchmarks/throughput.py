@@ -1,4 +1,4 @@
-"""Meta-training throughput on sine regression: per-task loop vs ``higher`` vs metatune vs a hand-written ceiling.
+"""Meta-training throughput on sine regression: per-task loop, ``higher``, metatune, a hand-written ceiling.
 
 One outer step = the meta-gradient of a meta-batch of 25 sine tasks (``Sine(protocol="maml",
 shots=10)``, 1-40-40-1 ReLU MLP, plain SGD inner loop with rate 0.01) plus an Adam update of the
@@ -14,8 +14,9 @@ meta-parameters. Five implementations of that step, on the same initial paramete
   no metatune inside): the ceiling ``compiled`` is compared with (column "x ref", and the
   "compiled / reference" lines per cell);
 * ``compiled`` -- ``meta_gradient(learner, compile=True)``: the same, ``torch.compile``'d.
-The metatune methods get the hyperparameters as the Trainer passes them: ``hp =
-learner.runtime_hparams(dtype=, device=)`` once, then ``fn(meta, batch, {}, hp)`` per step.
+
+``vmap`` and ``compiled`` get the numeric settings as the Trainer passes them: ``hp =
+learner.runtime_hparams(dtype=, device=)`` once, then ``fn(meta, batch, {}, hp)`` every step.
 
 Each measurement: a first call (for ``compiled`` the compilation; reported as "first call"),
 ``--warmup`` more calls, then ``--repeats`` timings of ``--iterations`` outer steps each, of
@@ -30,10 +31,13 @@ the compiled / reference ratio of every cell per run.
 Peak memory ("peak MiB"): on CUDA ``torch.cuda.max_memory_allocated`` over the method's first
 call and warm-up, less what was allocated before (reset per method); on CPU, with ``--memory``,
 the growth of the peak RSS (VmHWM) of a fresh child process running that method's first call,
-warm-up and 20 steps, over its RSS after setup (about 5 s per method and cell, so optional).
+warm-up and 20 steps, over its RSS after setup (about 5 s per method and cell, so optional; the
+JSON also has ``steady_peak_mib``: the growth over 20 more steps, once everything is resident).
+For the compiled methods the first call includes compilation, in both cases.
 
-By default Inductor compiles into a fresh, temporary cache, so "first call" of ``compiled`` is a
-cold compilation; ``--warm-cache`` (implied by ``--quick``) uses the user's cache instead.
+By default everything compiles into a fresh, temporary cache, so "first call" of ``compiled`` and
+``reference`` is a cold compilation; ``--warm-cache`` (implied by ``--quick``) uses metatune's
+persistent compile cache (``$METATUNE_COMPILE_CACHE``) instead.
 
     python benchmarks/throughput.py                          # 1 thread and all cores, CPU
     python benchmarks/throughput.py --device cpu,cuda        # also on the GPU
@@ -49,11 +53,15 @@ import importlib.metadata
 import json
 import os
 import platform
-import shutil
+import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    cpu_model, drop_compile_cache, proc_status_kib, resolve_devices, resolve_threads, setup_compile_cache, sync,
+)
 
 METHODS = ("loop", "higher", "vmap", "reference", "compiled")
 INNER_LR = 0.01
@@ -76,9 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
     p.add_argument("--meta-batch", type=int, default=META_BATCH, help=f"tasks per outer step (default {META_BATCH})")
     p.add_argument("--quick", action="store_true",
-                   help="smoke test: tiny counts, 1 thread, 1 inner step, the user's Inductor cache")
+                   help="smoke test: tiny counts, 1 thread, 1 inner step, the persistent compile cache")
     p.add_argument("--warm-cache", action="store_true",
-                   help="use the user's Inductor cache (default without --quick: a fresh, cold one)")
+                   help="use metatune's persistent compile cache (default without --quick: a fresh, cold one)")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", type=int, default=1, help="repeat the whole comparison this many times in one process")
@@ -110,34 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # --------------------------------------------------------------------------- setup
-def resolve_threads(spec: str) -> list[int]:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    out = []
-    for s in spec.split(","):
-        n = cores if s.strip() == "all" else int(s)
-        if n not in out:
-            out.append(n)
-    return out
-
-
-def resolve_devices(spec: str) -> list[str]:
-    import torch
-
-    names = ["cpu", "cuda"] if spec == "auto" else [s.strip() for s in spec.split(",")]
-    out = []
-    for name in names:
-        if name == "cuda" and not torch.cuda.is_available():
-            if spec == "auto":
-                continue
-            sys.exit("--device cuda: no CUDA device available")
-        if name not in ("cpu", "cuda"):
-            sys.exit(f"--device: unknown device {name!r}")
-        out.append(name)
-    return out
-
-
 class Setup:
-    """Learner, initial meta-parameters and a pool of batches shared by the four methods."""
+    """Learner, initial meta-parameters and a pool of batches shared by the methods."""
 
     def __init__(self, steps: int, first_order: bool, device: str, meta_batch: int, seed: int) -> None:
         import torch
@@ -282,8 +264,6 @@ def build_compiled(s: Setup):
 
 def build_reference(s: Setup):
     import torch
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _reference_maml import compiled_maml_step
 
     meta = s.fresh_meta()
@@ -310,13 +290,6 @@ BUILDERS = {"loop": build_loop, "higher": build_higher, "vmap": build_vmap, "ref
 
 
 # --------------------------------------------------------------------------- measuring
-def sync(device: str) -> None:
-    import torch
-
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def prepare(method: str, s: Setup, args: argparse.Namespace, ref_grads) -> dict:
     """Build ``method``, make its first call (for ``compiled`` the compilation), check its
     gradient against the loop's, warm it up and fix its timed iteration count."""
@@ -366,6 +339,38 @@ def time_once(r: dict, s: Setup) -> float:
     return time.perf_counter() - t0
 
 
+def run_cell(args: argparse.Namespace, device: str, n_threads: int, steps: int, order: str, run: int) -> list[dict]:
+    """One cell: every method prepared, then the repeats interleaved; rows with it/s and ratios."""
+    s = Setup(steps, order == "first", device, args.meta_batch, args.seed)
+    rows: list[dict] = []
+    for method in args.methods:  # "loop" first: the reference gradient
+        rows.append(prepare(method, s, args, rows[0]["_grads"] if rows else None))
+    # Repeats interleave the methods, so each sees the same spells of load.
+    times: dict[str, list[float]] = {r["method"]: [] for r in rows}
+    for _ in range(args.repeats):
+        for r in rows:
+            times[r["method"]].append(time_once(r, s))
+    for r in rows:
+        del r["_step"], r["_grads"]
+        t = times[r["method"]]
+        r.update(
+            run=run, device=device, threads=n_threads, steps=steps, order=order, seconds=min(t),
+            it_per_s=r["iterations"] / min(t), it_per_s_repeats=[r["iterations"] / x for x in t],
+        )
+        print(f"  run {run} {device} threads={n_threads} steps={steps} {order:6s} {r['method']:9s} "
+              f"{r['it_per_s']:9.1f} it/s", file=sys.stderr, flush=True)
+    by = {r["method"]: r for r in rows}
+    for r in rows:
+        r["ratio_vs_loop"] = r["it_per_s"] / by["loop"]["it_per_s"]
+        r["ratio_vs_reference"] = r["it_per_s"] / by["reference"]["it_per_s"] if "reference" in by else None
+    if args.memory and device == "cpu" and run == 1:
+        for r in rows:
+            got = child_peak_rss(args, r["method"], n_threads, steps, order)
+            r.update(peak_mib=got.get("peak_rss_growth_mib"), peak_what="cpu rss growth",
+                     steady_peak_mib=got.get("steady_rss_growth_mib"))
+    return rows
+
+
 def run(args: argparse.Namespace) -> dict:
     import torch
 
@@ -373,37 +378,66 @@ def run(args: argparse.Namespace) -> dict:
     devices = resolve_devices(args.device)
     threads = resolve_threads(args.threads)
     default_threads = torch.get_num_threads()
-    for device in devices:
-        for n_threads in threads:
-            torch.set_num_threads(n_threads)
-            for steps in args.steps:
-                for order in args.orders:
-                    s = Setup(steps, order == "first", device, args.meta_batch, args.seed)
-                    rows: list[dict] = []
-                    for method in args.methods:  # "loop" first: the reference gradient
-                        rows.append(prepare(method, s, args, rows[0]["_grads"] if rows else None))
-                    # Repeats interleave the methods, so each sees the same spells of load.
-                    times: dict[str, list[float]] = {r["method"]: [] for r in rows}
-                    for _ in range(args.repeats):
-                        for r in rows:
-                            times[r["method"]].append(time_once(r, s))
-                    for r in rows:
-                        del r["_step"], r["_grads"]
-                        t = times[r["method"]]
-                        r.update(
-                            device=device, threads=n_threads, steps=steps, order=order, seconds=min(t),
-                            it_per_s=r["iterations"] / min(t), it_per_s_repeats=[r["iterations"] / x for x in t],
-                        )
-                        print(f"  {device} threads={n_threads} steps={steps} {order:6s} {r['method']:8s} "
-                              f"{r['it_per_s']:9.1f} it/s", file=sys.stderr, flush=True)
-                    loop = rows[0]
-                    for r in rows:
-                        r["ratio_vs_loop"] = r["it_per_s"] / loop["it_per_s"]
-                    results.extend(rows)
+    for run_index in range(1, args.runs + 1):
+        for device in devices:
+            for n_threads in threads:
+                torch.set_num_threads(n_threads)
+                for steps in args.steps:
+                    for order in args.orders:
+                        results.extend(run_cell(args, device, n_threads, steps, order, run_index))
+        if args.runs > 1 and "reference" in args.methods and "compiled" in args.methods:
+            print(f"# run {run_index}/{args.runs}: " + ratio_summary(results, args, runs=[run_index])[1],
+                  file=sys.stderr, flush=True)
     torch.set_num_threads(default_threads)
     return {"meta": environment(args, default_threads), "results": results}
 
 
+# --------------------------------------------------------------------------- peak memory (CPU)
+def memory_child(args: argparse.Namespace) -> int:
+    """In a fresh process: set up one cell, then report how far one method's first call, warm-up
+    and 20 steps raised the peak RSS above the RSS after setup, and how far 20 more steps raised
+    it above the RSS after those (steady state) (MiB, JSON on stdout)."""
+    import torch
+
+    torch.set_num_threads(int(args.threads))
+    s = Setup(args.steps[0], args.orders[0] == "first", "cpu", args.meta_batch, args.seed)
+    try:  # writing 5 resets VmHWM to the current RSS (Linux >= 4.0)
+        Path("/proc/self/clear_refs").write_text("5")
+        reset = True
+    except OSError:
+        reset = False
+    base = proc_status_kib("VmRSS")["VmRSS"]
+    step, grads = BUILDERS[args.memory_child](s)[:2]
+    grads(s.batches[0])
+    for i in range(max(args.warmup, 1) + 20):
+        step(s.batches[i % len(s.batches)])
+    peak = proc_status_kib("VmHWM")["VmHWM"]
+    steady = None
+    if reset:
+        Path("/proc/self/clear_refs").write_text("5")
+        before = proc_status_kib("VmRSS")["VmRSS"]
+        for i in range(20):
+            step(s.batches[i % len(s.batches)])
+        steady = (proc_status_kib("VmHWM")["VmHWM"] - before) / 1024
+    print(json.dumps({"peak_rss_growth_mib": (peak - base) / 1024, "steady_rss_growth_mib": steady,
+                      "hwm_reset": reset}))
+    return 0
+
+
+def child_peak_rss(args: argparse.Namespace, method: str, n_threads: int, steps: int, order: str) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", method, "--threads", str(n_threads),
+           "--steps", str(steps), "--orders", order, "--meta-batch", str(args.meta_batch), "--seed", str(args.seed),
+           "--warmup", str(args.warmup), "--warm-cache"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(n_threads)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        print(f"  memory child for {method} failed: {proc.stderr[-500:]}", file=sys.stderr)
+        return {}
+
+
+# --------------------------------------------------------------------------- reporting
 def environment(args: argparse.Namespace, default_threads: int) -> dict:
     import torch
 
@@ -415,65 +449,88 @@ def environment(args: argparse.Namespace, default_threads: int) -> dict:
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "python": platform.python_version(), "torch": torch.__version__, "higher": higher_version,
-        "platform": platform.platform(), "processor": _cpu_model(),
+        "platform": platform.platform(), "processor": cpu_model(),
         "cpu_count": os.cpu_count(), "torch_default_threads": default_threads,
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "inductor_cache": "user's (may be warm)" if args.warm_cache else "fresh (cold)",
+        "inductor_cache": "persistent (may be warm)" if args.warm_cache else "fresh (cold)",
         "setup": {
             "task": "Sine(protocol='maml', shots=10)", "model": "MLP 1-40-40-1 relu", "meta_batch": args.meta_batch,
             "inner_lr": INNER_LR, "outer": f"Adam(lr={OUTER_LR})", "dtype": "float32",
             "iterations": args.iterations, "max_seconds": args.max_seconds, "repeats": args.repeats,
-            "warmup": args.warmup,
+            "warmup": args.warmup, "runs": args.runs,
         },
     }
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+def _cells(rows: list[dict]) -> list[tuple]:
+    return list(dict.fromkeys((r["device"], r["threads"], r["steps"], r["order"]) for r in rows))
 
 
-def table(res: dict) -> str:
-    rows = res["results"]
-    head = (f"{'device':6s} {'threads':>7s} {'steps':>5s} {'order':6s} {'method':8s} {'it/s':>9s} "
-            f"{'x loop':>7s} {'first call s':>12s} {'grad err':>9s} {'iters':>5s}")
+def ratio_summary(rows: list[dict], args: argparse.Namespace, runs: list[int]) -> tuple[list[str], str]:
+    """compiled / reference per cell and run; the lines of the table and a one-line verdict."""
+    ratio = {(r["device"], r["threads"], r["steps"], r["order"], r["run"]): r["ratio_vs_reference"]
+             for r in rows if r["method"] == "compiled" and r["ratio_vs_reference"] is not None}
+    head = f"{'device':6s} {'threads':>7s} {'steps':>5s} {'order':6s} " + " ".join(f"{'run ' + str(k):>6s}" for k in runs)
+    lines = [head + f" {'min':>6s}", "-" * (len(head) + 7)]
+    worst = float("inf")
+    for cell in _cells(rows):
+        vals = [ratio.get((*cell, k)) for k in runs]
+        got = [v for v in vals if v is not None]
+        worst = min([worst, *got])
+        lines.append(f"{cell[0]:6s} {cell[1]:>7d} {cell[2]:>5d} {cell[3]:6s} "
+                     + " ".join(f"{v:6.3f}" if v is not None else f"{'-':>6s}" for v in vals)
+                     + (f" {min(got):6.3f}" if got else ""))
+    verdict = (f"compiled / reference >= {args.ratio_target:g} in every cell of "
+               f"{'every run' if len(runs) > 1 else 'this run'}: {'yes' if worst >= args.ratio_target else 'NO'}"
+               f" (lowest {worst:.3f})")
+    return lines, verdict
+
+
+def table(rows: list[dict]) -> str:
+    head = (f"{'device':6s} {'threads':>7s} {'steps':>5s} {'order':6s} {'method':9s} {'it/s':>9s} "
+            f"{'x loop':>7s} {'first call s':>12s} {'grad err':>9s} {'iters':>5s} {'x ref':>6s} {'peak MiB':>8s}")
     lines = [head, "-" * len(head)]
     for r in rows:
         note = "  (compile failed: uncompiled)" if r["compile_fell_back"] else ""
+        xref = f"{r['ratio_vs_reference']:6.3f}" if r["ratio_vs_reference"] is not None else f"{'-':>6s}"
+        peak = f"{r['peak_mib']:8.1f}" if r["peak_mib"] is not None else f"{'-':>8s}"
         lines.append(
-            f"{r['device']:6s} {r['threads']:>7d} {r['steps']:>5d} {r['order']:6s} {r['method']:8s} "
+            f"{r['device']:6s} {r['threads']:>7d} {r['steps']:>5d} {r['order']:6s} {r['method']:9s} "
             f"{r['it_per_s']:9.1f} {r['ratio_vs_loop']:7.2f} {r['first_call_s']:12.2f} "
-            f"{r['grad_rel_err_vs_loop']:9.1e} {r['iterations']:5d}{note}"
+            f"{r['grad_rel_err_vs_loop']:9.1e} {r['iterations']:5d} {xref} {peak}{note}"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cache = None
-    if not args.warm_cache:
-        # Before torch is imported: every compilation below starts from an empty cache.
-        cache = tempfile.mkdtemp(prefix="metatune-bench-inductor-")
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    if args.memory_child:
+        return memory_child(args)
+    cache = setup_compile_cache(args.warm_cache)  # cold: a fresh folder, before anything compiles
     try:
         res = run(args)
     finally:
-        if cache is not None:
-            shutil.rmtree(cache, ignore_errors=True)
+        drop_compile_cache(cache)
     m = res["meta"]
     print(f"# metatune throughput: {m['setup']['task']}, {m['setup']['model']}, meta-batch {m['setup']['meta_batch']}, "
           f"{m['setup']['outer']} | torch {m['torch']}, higher {m['higher']}, Python {m['python']}")
     print(f"# {m['processor']}, {m['cpu_count']} CPUs | {m['date']} | inductor cache: {m['inductor_cache']} | "
           f"best of {args.repeats} repeats of {args.iterations} iterations"
           + (f" (fewer where one repeat would exceed {args.max_seconds:g} s)" if args.max_seconds else ""))
-    print(table(res))
+    peaks = {r["peak_what"] for r in res["results"] if r["peak_mib"] is not None}
+    if peaks:
+        print(f"# peak MiB: {', '.join(sorted(peaks))}, from the first call on (see the module docstring)")
+    for k in range(1, args.runs + 1):
+        if args.runs > 1:
+            print(f"\n## run {k}/{args.runs}")
+        print(table([r for r in res["results"] if r["run"] == k]))
+    if "reference" in args.methods and "compiled" in args.methods:
+        lines, verdict = ratio_summary(res["results"], args, list(range(1, args.runs + 1)))
+        print("\n# compiled / reference (throughput ratio, best repeat of each, same process, interleaved)")
+        print("\n".join(lines))
+        print(f"# {verdict}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=2) + "\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -133,7 +134,7 @@ def evaluate(
     learner: Learner, meta: Params, *, tasks: int = 600, shots: Sequence[int] | None = None,
     steps: int | None = None, curve_steps: int | None = None, lr_scales: Sequence[float] = (1.0,),
     seed: int = 1, split: Split = "test", chunk: int = 100, device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32, compile: bool = False,
+    dtype: torch.dtype = torch.float32, compile: bool | Literal["auto"] = "auto",
 ) -> EvalResult:
     """Evaluate ``meta`` on ``tasks`` held-out tasks at each K in ``shots``.
 
@@ -141,6 +142,8 @@ def evaluate(
     curve runs to ``curve_steps`` (default ``steps``); the step-size curve is at ``steps``.
     """
     device = torch.device(device)
+    if compile == "auto":  # the run config's rule (RunConfig.compiles_evaluation): on CUDA only
+        compile = device.type == "cuda"
     steps = learner.hparams["inner_steps"] if steps is None else steps
     curve_steps = steps if curve_steps is None else max(curve_steps, steps)
     train_k = learner.task.shots

@@ -12,6 +12,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import math
 import pytest
 import torch
 from PIL import Image
@@ -595,3 +596,26 @@ def test_read_idx_other_types(tmp_path: Path) -> None:
     (tmp_path / "x.idx").write_bytes(idx_bytes(arr))
     out = read_idx(tmp_path / "x.idx")
     assert out.shape == (3, 4) and (out == np.arange(-6, 6).reshape(3, 4)).all()
+
+
+@pytest.mark.parametrize("protocol", ["maml", "metasgd"])
+def test_sine_sample_is_the_stream_of_separate_draws(protocol):
+    """The one-draw sampler gives exactly the tasks of four separate uniform draws (amplitude,
+    phase, frequency, x), as the sampler did before: stored runs and seeds keep their tasks."""
+    from metatune.tasks import Sine
+
+    task = Sine(protocol=protocol, shots=7, query=4)
+    gen, ref_gen = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+    for _ in range(3):
+        got = task.sample(5, generator=gen)
+
+        def uniform(shape, lo, hi):
+            return torch.rand(shape, generator=ref_gen, dtype=torch.float64) * (hi - lo) + lo
+
+        amp, phase = uniform((5, 1, 1), 0.1, 5.0), uniform((5, 1, 1), 0.0, math.pi)
+        freq = uniform((5, 1, 1), 0.8, 1.2) if protocol == "metasgd" else torch.ones((5, 1, 1), dtype=torch.float64)
+        x = uniform((5, 11, 1), -5.0, 5.0)
+        y = amp * torch.sin(freq * x - phase)
+        x, y = x.float(), y.float()
+        assert torch.equal(got.support_x, x[:, :7]) and torch.equal(got.query_x, x[:, 7:])
+        assert torch.equal(got.support_y, y[:, :7]) and torch.equal(got.query_y, y[:, 7:])

@@ -55,17 +55,19 @@ class Sine(TaskDistribution):
     ) -> TaskBatch:
         k = self.shots if shots is None else shots
         q = self.query_size(k)
-
-        def uniform(shape: tuple[int, ...], lo: float, hi: float) -> torch.Tensor:
-            return torch.rand(shape, generator=generator, dtype=torch.float64) * (hi - lo) + lo
-
-        amp = uniform((num_tasks, 1, 1), *self.amplitude)
-        phase = uniform((num_tasks, 1, 1), *self.phase)
-        if self.protocol == "metasgd":
-            freq = uniform((num_tasks, 1, 1), 0.8, 1.2)
-        else:
-            freq = torch.ones((num_tasks, 1, 1), dtype=torch.float64)
-        x = uniform((num_tasks, k + q, 1), *self.x_range)
-        y = amp * torch.sin(freq * x - phase)
+        n = num_tasks
+        # One draw for amplitude, phase, (frequency) and x, in that order: the CPU generator
+        # fills a tensor sequentially, so these are exactly the values of four separate draws,
+        # in a third of the calls (sampling is part of every training step).
+        ranges = [self.amplitude, self.phase] + ([(0.8, 1.2)] if self.protocol == "metasgd" else [])
+        u = torch.rand(n * len(ranges) + n * (k + q), generator=generator, dtype=torch.float64)
+        params = u[: n * len(ranges)].view(len(ranges), n, 1, 1)
+        lo = torch.tensor([r[0] for r in ranges], dtype=torch.float64).view(-1, 1, 1, 1)
+        width = torch.tensor([r[1] - r[0] for r in ranges], dtype=torch.float64).view(-1, 1, 1, 1)
+        params = params * width + lo
+        amp, phase = params[0], params[1]
+        lo_x, hi_x = self.x_range
+        x = u[n * len(ranges):].view(n, k + q, 1) * (hi_x - lo_x) + lo_x
+        y = amp * torch.sin((params[2] * x if self.protocol == "metasgd" else x) - phase)
         x, y = x.float(), y.float()
         return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:])
