@@ -14,7 +14,7 @@
 #
 # Knobs (environment): PYTHON (default .venv/bin/python, else python3); GPU_CHECK_SECONDS (total
 # budget, default 465); GPU_CHECK_LEARNERS (step a, default all); GPU_CHECK_CONV4_SIZE (84);
-# GPU_CHECK_STEPS (which of a, b, c to run, default "a b c"); GPU_CHECK_DEVICE (default cuda; "cpu" runs the steps on the CPU to test this script's plumbing
+# GPU_CHECK_JOBS (processes of step a, default 6); GPU_CHECK_STEPS (which of a, b, c to run, default "a b c"); GPU_CHECK_DEVICE (default cuda; "cpu" runs the steps on the CPU to test this script's plumbing
 # only -- slow, and the figures mean nothing).
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -96,18 +96,20 @@ grads_step() {
     rm -f "$RESDIR"/gpu_grads_*.log "$RESDIR"/gpu_grads_*.json
     local learners
     learners=${GPU_CHECK_LEARNERS:-$(timeout 60 "$PY" benchmarks/gpu_grads.py --list 2>/dev/null | tail -n 1)}
-    # Four processes (compilation is CPU-bound and the machine has cores to spare), round robin.
-    local groups=("" "" "" "") i=0 n count=0
+    # JOBS processes (compilation is CPU-bound and the machine has cores to spare), round robin.
+    local jobs=${GPU_CHECK_JOBS:-6} groups=() i n count=0
+    for ((i = 0; i < jobs; i++)); do groups+=(""); done
+    i=0
     for n in ${learners//,/ }; do
         count=$((count + 1))
-        groups[$((i % 4))]+="${groups[$((i % 4))]:+,}$n"
+        groups[$((i % jobs))]+="${groups[$((i % jobs))]:+,}$n"
         i=$((i + 1))
     done
     local lim pids=() g
     lim=$(budget 110)
     if [ "$lim" -gt 0 ]; then
-        echo "-- gradients (limit ${lim} s, 4 processes): $learners"
-        for i in 0 1 2 3; do
+        echo "-- gradients (limit ${lim} s, up to $jobs processes): $learners"
+        for ((i = 0; i < jobs; i++)); do
             g=${groups[$i]}
             [ -z "$g" ] && continue
             timeout --kill-after=5 "$lim" "$PY" benchmarks/gpu_grads.py --device "$DEV" --learners "$g" \
@@ -115,10 +117,10 @@ grads_step() {
             pids+=($!)
         done
         for i in "${pids[@]}"; do wait "$i"; done
-        cat "$RESDIR"/gpu_grads_[0-3].log 2>/dev/null | grep -E '^(PASS|FAIL|gpu_grads:|[A-Za-z]*Error)' || true
+        cat "$RESDIR"/gpu_grads_*.log 2>/dev/null | grep -E '^(PASS|FAIL|gpu_grads:|[A-Za-z]*Error)' || true
         local pass fail
-        pass=$(cat "$RESDIR"/gpu_grads_[0-3].log 2>/dev/null | grep -c '^PASS')
-        fail=$(cat "$RESDIR"/gpu_grads_[0-3].log 2>/dev/null | grep -c '^FAIL')
+        pass=$(cat "$RESDIR"/gpu_grads_*.log 2>/dev/null | grep -c '^PASS')
+        fail=$(cat "$RESDIR"/gpu_grads_*.log 2>/dev/null | grep -c '^FAIL')
         echo "-- gradients: $pass passed, $fail failed of $((2 * count)) checks" \
             "(missing ones timed out or crashed: see $RESDIR/gpu_grads_*.log)"
     else
@@ -147,6 +149,8 @@ throughput_step() {
         done
         for i in "${pids[@]}"; do wait "$i"; done
         grep -h -E '^  conv4|Error' "$RESDIR"/conv4_warm_*.log || true
+    else
+        echo "-- conv4 compile warm-up: skipped (out of time)"
     fi
     step "conv4 5-way 5-shot, 5 inner steps, meta-batch 4" 50 "$PY" benchmarks/learners.py --device "$DEV" \
         --conv4 only --conv4-size "$size" --conv4-iterations 10 --repeats 3 --warmup 2 --warm-cache \

@@ -18,7 +18,8 @@ Exceptions, marked in the table's "setting" column:
 synthetic 84x84x3 episodes (random images; only speed matters), 5-way 5-shot with 15 query
 images per class, 5 inner steps, meta-batch 4, for maml, metasgd, pamela and cxgrad, reported as
 milliseconds per task (one outer step / meta-batch). It is on by default on CUDA and off on CPU
-(slow there); ``--conv4-size 16`` shrinks the images for a CPU smoke run.
+(slow there); ``--conv4-size 16`` shrinks the images for a CPU smoke run (``--conv4-steps``:
+5, 2 with ``--quick``).
 
 Each cell: a first call (for ``compiled`` the compilation: column "compile s", with the graphs it
 built and how many came from the persistent cache), ``--warmup`` more steps, then ``--repeats``
@@ -74,8 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--conv4", nargs="?", const="on", default="auto", choices=("auto", "on", "off", "only"),
                    help="the conv4 84x84x3 case: on, off, only (no sine case); default auto = on for cuda only")
     p.add_argument("--conv4-size", type=int, default=84, help="image side of the conv4 case (default 84)")
+    p.add_argument("--conv4-steps", type=int, default=None, help="inner steps of the conv4 case (default 5; 2 with --quick)")
     p.add_argument("--conv4-iterations", type=int, default=None,
                    help="timed steps per repeat in the conv4 case (default 20; 2 with --quick)")
+    p.add_argument("--eager-only", default="",
+                   help="comma list of learners timed eager only (no compilation; e.g. where it would not fit a budget)")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 inner step, tiny counts, the persistent cache")
     p.add_argument("--warm-cache", action="store_true",
                    help="use metatune's persistent compile cache (default without --quick: a fresh, cold one)")
@@ -86,9 +90,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.warm_cache = args.warm_cache or q
     args.iterations = args.iterations or (3 if q else 100)
     args.conv4_iterations = args.conv4_iterations or (2 if q else 20)
+    args.conv4_steps = args.conv4_steps or (2 if q else 5)
     args.repeats = args.repeats or (1 if q else 3)
     args.warmup = (1 if q else 3) if args.warmup is None else args.warmup
     args.steps = [int(s) for s in (args.steps or ("1" if q else "1,5")).split(",")]
+    args.eager_only = {n.strip() for n in args.eager_only.split(",") if n.strip()}
     if args.conv4 == "auto":
         args.conv4 = "on" if args.device == "cuda" else "off"
     return args
@@ -204,6 +210,7 @@ def run_cell(name: str, steps: int, case: str, args: argparse.Namespace) -> dict
     row = {"learner": name, "case": case, "steps": steps, "setting": setting, "meta_batch": args.meta_batch}
     if learner is None:
         return row
+    print(f"  {case} {name:10s} steps={steps}: first calls (compiling) ...", file=sys.stderr, flush=True)
     gen = torch.Generator().manual_seed(args.seed)
     init = {k: v.to(args.device) for k, v in learner.init_meta_params(generator=gen).items()}
     batches = []
@@ -211,9 +218,12 @@ def run_cell(name: str, steps: int, case: str, args: argparse.Namespace) -> dict
         batch = task.sample(args.meta_batch, generator=gen).to(device=args.device)
         noise = learner.sample_noise(args.meta_batch, generator=gen, meta_params=init, steps=steps, training=True)
         batches.append((batch, {k: v.to(args.device) for k, v in noise.items()}))
-    ways = {m: prepare(learner, task, args.device, m == "compiled", batches, init) for m in ("eager", "compiled")}
-    e, c = ways["eager"]["grads"], ways["compiled"]["grads"]
-    row["grad_rel_err"] = max(((c[k] - e[k]).abs().max() / e[k].abs().max().clamp_min(1e-30)).item() for k in e)
+    modes = ("eager",) if name in args.eager_only else ("eager", "compiled")
+    ways = {m: prepare(learner, task, args.device, m == "compiled", batches, init) for m in modes}
+    row["grad_rel_err"] = None
+    if "compiled" in ways:
+        e, c = ways["eager"]["grads"], ways["compiled"]["grads"]
+        row["grad_rel_err"] = max(((c[k] - e[k]).abs().max() / e[k].abs().max().clamp_min(1e-30)).item() for k in e)
     n = args.conv4_iterations if case == "conv4" else args.iterations
     for r in ways.values():
         for i in range(args.warmup):
@@ -228,9 +238,11 @@ def run_cell(name: str, steps: int, case: str, args: argparse.Namespace) -> dict
                   "it_per_s_repeats": [n / t for t in times[m]], "first_call_s": r["first_call_s"],
                   "compile_graphs": r["compile_graphs"], "compile_cache_hits": r["compile_cache_hits"]}
     row["iterations"] = n
-    row["compiled_over_eager"] = row["compiled"]["it_per_s"] / row["eager"]["it_per_s"]
-    print(f"  {case} {name:10s} steps={steps} eager {row['eager']['it_per_s']:8.1f} it/s  compiled "
-          f"{row['compiled']['it_per_s']:8.1f} it/s  compile {row['compiled']['first_call_s']:.1f} s",
+    row.setdefault("compiled", None)
+    row["compiled_over_eager"] = row["compiled"]["it_per_s"] / row["eager"]["it_per_s"] if row["compiled"] else None
+    done = (f"compiled {row['compiled']['it_per_s']:8.1f} it/s  compile {row['compiled']['first_call_s']:.1f} s"
+            if row["compiled"] else "compiled not run (--eager-only)")
+    print(f"  {case} {name:10s} steps={steps} eager {row['eager']['it_per_s']:8.1f} it/s  {done}",
           file=sys.stderr, flush=True)
     return row
 
@@ -251,7 +263,7 @@ def run(args: argparse.Namespace) -> dict:
         rows += [run_cell(n, s, "sine", args) for n in names for s in args.steps]
     if args.conv4 in ("on", "only"):
         conv = [n for n in CONV4_LEARNERS if n in names] if args.learners else list(CONV4_LEARNERS)
-        rows += [run_cell(n, 5, "conv4", args) for n in conv]
+        rows += [run_cell(n, args.conv4_steps, "conv4", args) for n in conv]
     return {"meta": environment(args), "results": rows}
 
 
@@ -266,7 +278,7 @@ def environment(args: argparse.Namespace) -> dict:
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "compile_cache": "persistent (may be warm)" if args.warm_cache else "fresh (cold)",
-        "iterations": args.iterations, "conv4_iterations": args.conv4_iterations, "repeats": args.repeats,
+        "iterations": args.iterations, "conv4_iterations": args.conv4_iterations, "conv4_steps": args.conv4_steps, "repeats": args.repeats,
         "warmup": args.warmup, "meta_batch": args.meta_batch, "outer": f"Adam(lr={OUTER_LR})", "dtype": "float32",
     }
 
@@ -281,9 +293,10 @@ def sine_table(rows: list[dict]) -> str:
             out.append(f"| {r['learner']} | {r['steps']} | - | - | - | - | - | - | {r['setting']} |")
             continue
         e, c = r["eager"], r["compiled"]
-        out.append(f"| {r['learner']} | {r['steps']} | {e['it_per_s']:.1f} | {c['it_per_s']:.1f} | "
-                   f"{r['compiled_over_eager']:.2f} | {c['first_call_s']:.1f} | {c['compile_graphs']} "
-                   f"({c['compile_cache_hits']}) | {r['grad_rel_err']:.1e} | {r['setting']} |")
+        comp = (f"{c['it_per_s']:.1f} | {r['compiled_over_eager']:.2f} | {c['first_call_s']:.1f} | "
+                f"{c['compile_graphs']} ({c['compile_cache_hits']}) | {r['grad_rel_err']:.1e}" if c else
+                "not run | - | - | - | -")
+        out.append(f"| {r['learner']} | {r['steps']} | {e['it_per_s']:.1f} | {comp} | {r['setting']} |")
     return "\n".join(out)
 
 
@@ -291,14 +304,20 @@ def conv4_table(rows: list[dict]) -> str:
     out = ["| learner | steps | eager ms/task | compiled ms/task | compiled / eager (speed) | compile s | grad err |",
            "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        if "eager" not in r:
+            out.append(f"| {r['learner']} | {r['steps']} | - | - | - | - | - | ({r['setting']}) |")
+            continue
         e, c = r["eager"], r["compiled"]
-        out.append(f"| {r['learner']} | {r['steps']} | {e['ms_per_task']:.2f} | {c['ms_per_task']:.2f} | "
-                   f"{r['compiled_over_eager']:.2f} | {c['first_call_s']:.1f} | {r['grad_rel_err']:.1e} |")
-    by = {r["learner"]: r for r in rows}
+        comp = (f"{c['ms_per_task']:.2f} | {r['compiled_over_eager']:.2f} | {c['first_call_s']:.1f} | "
+                f"{r['grad_rel_err']:.1e}" if c else "not run | - | - | -")
+        out.append(f"| {r['learner']} | {r['steps']} | {e['ms_per_task']:.2f} | {comp} |")
+    by = {r["learner"]: r for r in rows if "eager" in r}
     if "maml" in by and "pamela" in by:
+        out.append("")
         for m in ("eager", "compiled"):
-            ratio = by["pamela"][m]["ms_per_task"] / by["maml"][m]["ms_per_task"]
-            out.append(f"\npamela / maml time per task, {m}: {ratio:.3f}")
+            if by["pamela"][m] and by["maml"][m]:
+                ratio = by["pamela"][m]["ms_per_task"] / by["maml"][m]["ms_per_task"]
+                out.append(f"pamela / maml time per task, {m}: {ratio:.3f}")
     return "\n".join(out)
 
 
@@ -322,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         print(sine_table(sine))
     if conv:
         print(f"\n## conv4 (64 filters), synthetic {args.conv4_size}x{args.conv4_size}x3, 5-way 5-shot, "
-              f"15 query, 5 inner steps, meta-batch {args.meta_batch}: ms per task\n")
+              f"15 query, {args.conv4_steps} inner steps, meta-batch {args.meta_batch}: ms per task\n")
         print(conv4_table(conv))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ Both: A ~ U[0.1, 5.0], phi ~ U[0, pi], x ~ U[-5, 5].
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -18,6 +19,13 @@ from metatune._fields import positive
 from metatune.tasks.base import Problem, Split, TaskBatch, TaskDistribution
 
 __all__ = ["Sine"]
+
+
+@functools.lru_cache(maxsize=8)
+def _affine(ranges: tuple[tuple[float, float], ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi - lo, lo) per range, shaped to scale a [ranges, tasks, 1, 1] draw (made once)."""
+    width = torch.tensor([hi - lo for lo, hi in ranges], dtype=torch.float64).view(-1, 1, 1, 1)
+    return width, torch.tensor([lo for lo, _ in ranges], dtype=torch.float64).view(-1, 1, 1, 1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,12 +67,10 @@ class Sine(TaskDistribution):
         # One draw for amplitude, phase, (frequency) and x, in that order: the CPU generator
         # fills a tensor sequentially, so these are exactly the values of four separate draws,
         # in a third of the calls (sampling is part of every training step).
-        ranges = [self.amplitude, self.phase] + ([(0.8, 1.2)] if self.protocol == "metasgd" else [])
+        ranges = (self.amplitude, self.phase) + (((0.8, 1.2),) if self.protocol == "metasgd" else ())
         u = torch.rand(n * len(ranges) + n * (k + q), generator=generator, dtype=torch.float64)
-        params = u[: n * len(ranges)].view(len(ranges), n, 1, 1)
-        lo = torch.tensor([r[0] for r in ranges], dtype=torch.float64).view(-1, 1, 1, 1)
-        width = torch.tensor([r[1] - r[0] for r in ranges], dtype=torch.float64).view(-1, 1, 1, 1)
-        params = params * width + lo
+        width, lo = _affine(ranges)
+        params = u[: n * len(ranges)].view(len(ranges), n, 1, 1) * width + lo
         amp, phase = params[0], params[1]
         lo_x, hi_x = self.x_range
         x = u[n * len(ranges):].view(n, k + q, 1) * (hi_x - lo_x) + lo_x
