@@ -5,7 +5,7 @@ MLP 1-40-40-1 ReLU, meta-batch 4, each learner's default hyperparameters, 1 thre
 inner steps. ``eager`` is ``metatune.engine.meta_gradient(learner)``, ``compiled`` is
 ``meta_gradient(learner, compile=True)``; both get the numeric settings as the Trainer passes them
 (``hp = learner.runtime_hparams(dtype=, device=)`` once, ``fn(meta, batch, noise, hp)`` per step)
-and update the meta-parameters with the Trainer's Adam (``foreach`` on CPU, ``fused`` on CUDA).
+and update the meta-parameters with the Trainer's Adam (its fused kernel, else foreach).
 Exceptions, marked in the table's "setting" column:
 
 * ``pamela`` runs only where ``inner_steps >= skip_width`` (default 2): with fewer steps it has no
@@ -166,14 +166,27 @@ def build(name: str, steps: int, case: str, args: argparse.Namespace):
 
 
 # --------------------------------------------------------------------------- measuring
+def trainer_optimizer(params):
+    """The Adam the Trainer builds (metatune.trial._fast_optimizer: fused, else foreach)."""
+    import torch
+
+    try:
+        from metatune.trial import _fast_optimizer
+    except ImportError:  # the helper is private; the same choice by hand
+        try:
+            return torch.optim.Adam(params, lr=OUTER_LR, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            return torch.optim.Adam(params, lr=OUTER_LR, foreach=True)
+    return _fast_optimizer(torch.optim.Adam, params, lr=OUTER_LR)
+
+
 def prepare(learner, task, device: str, compile: bool, batches, init) -> dict:
     import torch
 
     from metatune.engine import COMPILE_STATS, meta_gradient
 
     meta = {k: v.clone().requires_grad_() for k, v in init.items()}
-    fast = {"fused": True} if device == "cuda" else {"foreach": True}
-    opt = torch.optim.Adam(list(meta.values()), lr=OUTER_LR, **fast)
+    opt = trainer_optimizer(list(meta.values()))
     hp = learner.runtime_hparams(dtype=torch.float32, device=device)
     fn = meta_gradient(learner, compile=compile)
 
