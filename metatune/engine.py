@@ -114,7 +114,10 @@ def _counting_inductor(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> C
     from torch._inductor.compile_fx import compile_fx
 
     before = _cache_hits()
-    compiled = compile_fx(gm, example_inputs)
+    on_cpu = all(t.device.type == "cpu" for t in example_inputs if isinstance(t, Tensor))
+    # On a CPU the graph's wrapper in C++ instead of Python: the MAML-protocol sine step (meta-
+    # batch 25) took 1.01 ms against 1.14 ms, paid once with a longer cold compile.
+    compiled = compile_fx(gm, example_inputs, config_patches={"cpp_wrapper": True} if on_cpu else None)
     COMPILE_STATS.graphs += 1
     if _cache_hits() > before:
         COMPILE_STATS.cache_hits += 1
