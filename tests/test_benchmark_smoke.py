@@ -1,7 +1,7 @@
 """Smoke tests of the benchmark scripts: ``benchmarks/throughput.py --quick`` and
 ``benchmarks/learners.py --quick`` run end to end and print every row of their tables;
-``benchmarks/gpu_check.sh`` without a GPU says so and succeeds. Each run is bounded (< 90 s with
-a warm compile cache; --quick uses metatune's persistent one)."""
+``benchmarks/gpu_check.sh`` without a GPU says so and succeeds. Each run is bounded: under 90 s with
+a warm compile cache (--quick uses metatune's persistent one), 300 s allowed for a cold one."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _throughput_rows(stdout):
 
 def test_throughput_quick(root, tmp_path):
     out = tmp_path / "throughput.json"
-    proc = _run(root, [str(root / "benchmarks" / "throughput.py"), "--quick", "--json", str(out)], timeout=90)
+    proc = _run(root, [str(root / "benchmarks" / "throughput.py"), "--quick", "--json", str(out)], timeout=300)
     rows = _throughput_rows(proc.stdout)
     # --quick: CPU, 1 thread, 1 inner step, second and first order, every method.
     seen = {(r[3], r[4]) for r in rows}
@@ -52,7 +52,7 @@ def test_throughput_quick(root, tmp_path):
 def test_throughput_quick_reference_ratio(root, tmp_path):
     out = tmp_path / "throughput.json"
     proc = _run(root, [str(root / "benchmarks" / "throughput.py"), "--quick", "--methods", "loop,reference,compiled",
-                       "--json", str(out)], timeout=90)
+                       "--json", str(out)], timeout=300)
     rows = _throughput_rows(proc.stdout)
     assert {(r[3], r[4]) for r in rows} == {(o, m) for o in ("second", "first") for m in ("loop", "reference", "compiled")}
     assert "# compiled / reference" in proc.stdout
@@ -69,7 +69,7 @@ def test_throughput_quick_reference_ratio(root, tmp_path):
 def test_learners_quick(root, tmp_path):
     out = tmp_path / "learners.json"
     proc = _run(root, [str(root / "benchmarks" / "learners.py"), "--quick", "--learners", "maml,metasgd",
-                       "--json", str(out)], timeout=90)
+                       "--json", str(out)], timeout=300)
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in proc.stdout.splitlines()
             if line.startswith("| maml ") or line.startswith("| metasgd ")]
     assert [r[0] for r in rows] == ["maml", "metasgd"], proc.stdout
