@@ -139,7 +139,10 @@ def read_trials(path: str | Path) -> list[dict[str, Any]]:
         raise CheckpointError(
             f"{path}: unreadable or truncated Parquet file ({reason}); rebuild it with `metatune report`"
         ) from None
-    problem = _schema_problem(table.schema)
+    try:
+        problem = _schema_problem(table.schema)
+    except UnicodeDecodeError:  # a flipped bit in a column name of the footer
+        problem = "a column name is not UTF-8 (damaged footer)"
     if problem:
         raise CheckpointError(
             f"{path}: not a metatune trials file ({problem}); rebuild it with `metatune report`"
