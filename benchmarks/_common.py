@@ -3,6 +3,7 @@ script can set up its compile cache before torch is imported)."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -93,3 +94,9 @@ def proc_status_kib(*fields: str) -> dict[str, int]:
         if name in fields:
             out[name] = int(value.split()[0])
     return out
+
+
+def write_json(path, results: dict) -> None:
+    """Write a benchmark's results (``--json``), creating the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")

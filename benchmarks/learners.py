@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import platform
 import sys
@@ -50,7 +49,7 @@ from pathlib import Path
 from typing import ClassVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, cpu_model, drop_compile_cache, setup_compile_cache, sync  # noqa: E402
+from _common import ROOT, cpu_model, drop_compile_cache, setup_compile_cache, sync, write_json  # noqa: E402
 
 SINE = {"name": "sine", "protocol": "metasgd", "shots": 10}
 CXGRAD_SMALL = {  # tests/reference_extra.py's contract setting
@@ -318,7 +317,7 @@ def conv4_table(rows: list[dict]) -> str:
            "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "eager" not in r:
-            out.append(f"| {r['learner']} | {r['steps']} | - | - | - | - | - | ({r['setting']}) |")
+            out.append(f"| {r['learner']} | {r['steps']} | - | - | - | - | {r['setting']} |")
             continue
         e, c = r["eager"], r["compiled"]
         comp = (f"{c['ms_per_task']:.2f} | {r['compiled_over_eager']:.2f} | {c['first_call_s']:.1f} | "
@@ -357,8 +356,7 @@ def main(argv: list[str] | None = None) -> int:
               f"15 query, {args.conv4_steps} inner steps, meta-batch {args.meta_batch}: ms per task\n")
         print(conv4_table(conv))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2) + "\n")
+        write_json(args.json, res)
     return 0
 
 

@@ -61,6 +61,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     cpu_model, drop_compile_cache, proc_status_kib, resolve_devices, resolve_threads, setup_compile_cache, sync,
+    write_json,
 )
 
 METHODS = ("loop", "higher", "vmap", "reference", "compiled")
@@ -532,8 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(lines))
         print(f"# {verdict}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2) + "\n")
+        write_json(args.json, res)
     return 0
 
 
