@@ -100,3 +100,13 @@ def write_json(path, results: dict) -> None:
     """Write a benchmark's results (``--json``), creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def trainer_adam(params, lr: float):
+    """The Adam the Trainer builds: torch's fused kernel, else foreach (metatune.trial)."""
+    import torch
+
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, foreach=True)

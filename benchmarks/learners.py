@@ -2,10 +2,11 @@
 
 Sine case (default): ``Sine(protocol="metasgd", shots=10)`` (10 query points), the task's default
 MLP 1-40-40-1 ReLU, meta-batch 4, each learner's default hyperparameters, 1 thread, at 1 and 5
-inner steps. ``eager`` is ``metatune.engine.meta_gradient(learner)``, ``compiled`` is
-``meta_gradient(learner, compile=True)``; both get the numeric settings as the Trainer passes them
-(``hp = learner.runtime_hparams(dtype=, device=)`` once, ``fn(meta, batch, noise, hp)`` per step)
-and update the meta-parameters with the Trainer's Adam (its fused kernel, else foreach).
+inner steps. Both run the Trainer's step, ``metatune.engine.train_step(learner, adam,
+compile=...)`` with the Trainer's Adam (torch's fused kernel, else foreach): ``eager`` is the
+meta-gradient then ``adam.step()``, ``compiled`` one graph holding both. Both get the numeric
+settings as the Trainer passes them (``hp = learner.runtime_hparams(dtype=, device=)`` once,
+``fn(meta, batch, noise, hp)`` per step).
 Exceptions, marked in the table's "setting" column:
 
 * ``pamela`` runs only where ``inner_steps >= skip_width`` (default 2): with fewer steps it has no
@@ -25,7 +26,9 @@ Each cell: a first call (for ``compiled`` the compilation: column "compile s", w
 built and how many came from the persistent cache), ``--warmup`` more steps, then ``--repeats``
 timings of ``--iterations`` steps, eager and compiled interleaved, the fastest reported. A pool
 of 8 batches (with their inner-loop noise) is sampled up front and cycled. "grad err" is the
-largest relative difference of the compiled meta-gradient from the eager one on the first batch.
+largest relative difference of the compiled meta-gradient (``meta_gradient(learner,
+compile=True)``, a graph of its own, built after the timed first call) from the eager one on the
+first batch.
 By default compilation starts from a fresh, empty cache (cold; the first compilation of the
 process also pays Inductor's one-time start-up); ``--warm-cache`` (implied by ``--quick``) uses
 metatune's persistent cache.
@@ -49,7 +52,9 @@ from pathlib import Path
 from typing import ClassVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, cpu_model, drop_compile_cache, setup_compile_cache, sync, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    ROOT, cpu_model, drop_compile_cache, setup_compile_cache, sync, trainer_adam, write_json,
+)
 
 SINE = {"name": "sine", "protocol": "metasgd", "shots": 10}
 CXGRAD_SMALL = {  # tests/reference_extra.py's contract setting
@@ -165,43 +170,29 @@ def build(name: str, steps: int, case: str, args: argparse.Namespace):
 
 
 # --------------------------------------------------------------------------- measuring
-def trainer_optimizer(params):
-    """The Adam the Trainer builds (metatune.trial._fast_optimizer: fused, else foreach)."""
-    import torch
-
-    try:
-        from metatune.trial import _fast_optimizer
-    except ImportError:  # the helper is private; the same choice by hand
-        try:
-            return torch.optim.Adam(params, lr=OUTER_LR, fused=True)
-        except (RuntimeError, TypeError, ValueError):
-            return torch.optim.Adam(params, lr=OUTER_LR, foreach=True)
-    return _fast_optimizer(torch.optim.Adam, params, lr=OUTER_LR)
-
-
 def prepare(learner, task, device: str, compile: bool, batches, init) -> dict:
     import torch
 
-    from metatune.engine import COMPILE_STATS, meta_gradient
+    from metatune.engine import COMPILE_STATS, meta_gradient, train_step
 
     meta = {k: v.clone().requires_grad_() for k, v in init.items()}
-    opt = trainer_optimizer(list(meta.values()))
+    opt = trainer_adam(list(meta.values()), OUTER_LR)
     hp = learner.runtime_hparams(dtype=torch.float32, device=device)
-    fn = meta_gradient(learner, compile=compile)
+    fn = train_step(learner, opt, compile=compile)  # the Trainer's step (compiled: one graph with Adam)
 
     def step(i: int) -> None:
         batch, noise = batches[i % len(batches)]
-        _, g, _ = fn(meta, batch, noise, hp)
-        for k, p in meta.items():
-            p.grad = g[k]
-        opt.step()
+        fn(meta, batch, noise, hp)
 
     before = COMPILE_STATS.snapshot()
     sync(device)
     t0 = time.perf_counter()
-    _, g, _ = fn(meta, *batches[0], hp)
+    step(0)
     sync(device)
     first = time.perf_counter() - t0
+    # The gradient check, on the first batch (the compiled meta-gradient is a graph of its own).
+    _, g, _ = meta_gradient(learner, compile=compile)({k: v.clone().requires_grad_() for k, v in init.items()},
+                                                      *batches[0], hp)
     return {"step": step, "grads": {k: v.detach().clone() for k, v in g.items()}, "first_call_s": first,
             **COMPILE_STATS.since(before)}
 

@@ -9,14 +9,18 @@ meta-parameters. Five implementations of that step, on the same initial paramete
 * ``higher``   -- ``higher.innerloop_ctx`` (higher 0.2.1) around an ``nn.Sequential`` copy of the
   same MLP with an SGD inner optimiser, ``track_higher_grads`` = second order (first order takes
   the query gradient at the adapted weights, as FOMAML does with higher);
-* ``vmap``     -- ``metatune.engine.meta_gradient(learner)``: every task at once (vmap + grad);
+* ``vmap``     -- ``metatune.engine.train_step(learner, adam)``, the Trainer's step uncompiled:
+  every task at once (vmap + grad), then ``adam.step()``;
 * ``reference`` -- a minimal hand-written compiled torch.func MAML (benchmarks/_reference_maml.py,
   no metatune inside): the ceiling ``compiled`` is compared with (column "x ref", and the
   "compiled / reference" lines per cell);
-* ``compiled`` -- ``meta_gradient(learner, compile=True)``: the same, ``torch.compile``'d.
+* ``compiled`` -- ``train_step(learner, adam, compile=True)``, the Trainer's default: the
+  meta-gradient and the Adam update in one ``torch.compile``'d graph.
 
 ``vmap`` and ``compiled`` get the numeric settings as the Trainer passes them: ``hp =
 learner.runtime_hparams(dtype=, device=)`` once, then ``fn(meta, batch, {}, hp)`` every step.
+Every method's Adam is the Trainer's (torch's fused kernel, else foreach): a separate
+``adam.step()`` after the gradient for all but ``compiled``, where it is inside the graph.
 
 Each measurement: a first call (for ``compiled`` the compilation; reported as "first call"),
 ``--warmup`` more calls, then ``--repeats`` timings of ``--iterations`` outer steps each, of
@@ -61,7 +65,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     cpu_model, drop_compile_cache, proc_status_kib, resolve_devices, resolve_threads, setup_compile_cache, sync,
-    write_json,
+    trainer_adam, write_json,
 )
 
 METHODS = ("loop", "higher", "vmap", "reference", "compiled")
@@ -151,7 +155,7 @@ def build_loop(s: Setup):
 
     meta = s.fresh_meta()
     keys = list(meta)
-    opt = torch.optim.Adam(list(meta.values()), lr=OUTER_LR)
+    opt = trainer_adam(list(meta.values()), OUTER_LR)
     apply, loss_fn = s.backbone.apply, s.task.loss
 
     def grads(batch):
@@ -193,7 +197,7 @@ def build_higher(s: Setup):
             lin.bias.copy_(s.init[f"{cell.name}.bias"])
     params = [p for lin in linears for p in (lin.weight, lin.bias)]  # ordered like Setup.init
     inner_opt = torch.optim.SGD(model.parameters(), lr=INNER_LR)
-    opt = torch.optim.Adam(model.parameters(), lr=OUTER_LR)
+    opt = trainer_adam(list(model.parameters()), OUTER_LR)
 
     def accumulate(batch):
         for p in params:
@@ -229,28 +233,25 @@ def build_higher(s: Setup):
 
 
 def _build_metatune(s: Setup, compile: bool):
-    import torch
-
-    from metatune.engine import meta_gradient
+    from metatune.engine import meta_gradient, train_step
 
     meta = s.fresh_meta()
-    opt = torch.optim.Adam(list(meta.values()), lr=OUTER_LR)
-    fn = meta_gradient(s.learner, compile=compile)
+    opt = trainer_adam(list(meta.values()), OUTER_LR)
+    # The Trainer's step: with compile, the meta-gradient and the Adam update are one graph.
+    fn = train_step(s.learner, opt, compile=compile)
+    gradient = meta_gradient(s.learner, compile=compile)
     # As the Trainer does: the numeric settings as tensors, built once, passed to every call.
     ref = next(iter(meta.values()))
     hp = s.learner.runtime_hparams(dtype=ref.dtype, device=ref.device)
 
     def grads(batch):
-        _, g, _ = fn(meta, batch, {}, hp)
+        _, g, _ = gradient(meta, batch, {}, hp)
         return tuple(g[k] for k in meta)
 
     def step(batch):
-        _, g, _ = fn(meta, batch, {}, hp)
-        for k, p in meta.items():
-            p.grad = g[k]
-        opt.step()
+        fn(meta, batch, {}, hp)
 
-    return step, grads, fn
+    return step, grads, gradient
 
 
 def build_vmap(s: Setup):
@@ -270,7 +271,7 @@ def build_reference(s: Setup):
     meta = s.fresh_meta()
     keys = tuple(meta)
     assert [k.rsplit(".", 1)[1] for k in keys] == ["weight", "bias"] * (len(keys) // 2), keys
-    opt = torch.optim.Adam(list(meta.values()), lr=OUTER_LR)
+    opt = trainer_adam(list(meta.values()), OUTER_LR)
     fn = compiled_maml_step(keys, s.steps, INNER_LR, s.first_order)
 
     def grads(batch):

@@ -31,9 +31,10 @@ import torch
 
 from metatune import __version__
 from metatune.config import Components, RunConfig, parse_config
-from metatune.engine import ALL_FINITE, COMPILE_STATS, meta_gradient
+from metatune.engine import ALL_FINITE, COMPILE_STATS, train_step
 from metatune.errors import CheckpointError, ConfigError
 from metatune.evaluate import EvalResult, evaluate
+from metatune.task_stream import TaskStream
 
 __all__ = ["CHECKPOINT_FILE", "TrainResult", "Trainer", "load_checkpoint", "to_json"]
 
@@ -138,6 +139,11 @@ class Trainer:
         self.hp = self.learner.runtime_hparams(dtype=self.dtype, device=self.device)
         # One stream for training tasks and inner-loop noise, seeded apart from the init.
         self.generator = torch.Generator().manual_seed(cfg.seed + 1_000_003)
+        self._draws_noise = self.learner.draws_training_noise
+        self.tasks = TaskStream(
+            self.task, meta_batch=cfg.training.meta_batch, generator=self.generator, device=self.device,
+            dtype=self.dtype, blocks=not self._draws_noise,
+        )
         self.iteration = 0
         self.status = "running"
         self.diverged_at: int | None = None
@@ -148,7 +154,9 @@ class Trainer:
         #: Whether this run compiles (``compile: auto`` decides by the run's length).
         self.compiled = cfg.compiles()
         self.compiled_evaluation = cfg.compiles_evaluation(self.device.type)
-        self._meta_grad = meta_gradient(self.learner, compile=self.compiled)
+        self._train_step = train_step(
+            self.learner, self.optimizer, grad_clip=cfg.training.grad_clip, compile=self.compiled
+        )
         self._compile_before = COMPILE_STATS.snapshot()
 
     # ------------------------------------------------------------------ training
@@ -156,23 +164,19 @@ class Trainer:
         """One outer step with no host sync: the meta-loss and a flag saying whether it and
         every meta-gradient are finite. The update is applied either way (see ``train``)."""
         cfg = self.config.training
-        batch = self.task.sample(cfg.meta_batch, generator=self.generator).to(device=self.device, dtype=self.dtype)
-        noise = self.learner.sample_noise(
-            cfg.meta_batch, generator=self.generator, meta_params=self.meta, steps=self.learner.hparams["inner_steps"],
-            training=True,
-        )
-        noise = {k: v.to(self.device) for k, v in noise.items()}
-        loss, grads, out = self._meta_grad(self.meta, batch, noise, self.hp)
-        finite = out[ALL_FINITE]
-        if cfg.grad_clip is not None:
-            for g in grads.values():
-                g.clamp_(-cfg.grad_clip, cfg.grad_clip)
-        for key, p in self.meta.items():
-            p.grad = grads[key]
-        self.optimizer.step()
+        to_log_point = cfg.log_every - self.iteration % cfg.log_every
+        batch = self.tasks.next(until=min(to_log_point, max(cfg.iterations - self.iteration, 1)))
+        noise = {}
+        if self._draws_noise:
+            noise = self.learner.sample_noise(
+                cfg.meta_batch, generator=self.generator, meta_params=self.meta,
+                steps=self.learner.hparams["inner_steps"], training=True,
+            )
+            noise = {k: v.to(self.device) for k, v in noise.items()}
+        loss, out = self._train_step(self.meta, batch, noise, self.hp)
         self.iteration += 1
         self._last_out = out
-        return loss.detach(), finite
+        return loss, out[ALL_FINITE]
 
     def step(self) -> float | None:
         """One outer step, checked at once; returns the meta-loss, or None (and marks
@@ -191,6 +195,7 @@ class Trainer:
             "meta": {k: v.detach().clone() for k, v in self.meta.items()},
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "generator": self.generator.get_state(),
+            "tasks": self.tasks.snapshot(),
             "iteration": self.iteration,
         }
 
@@ -200,6 +205,7 @@ class Trainer:
                 self.meta[k].copy_(v)
         self.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
         self.generator.set_state(snapshot["generator"])
+        self.tasks.restore(snapshot["tasks"])
         self.iteration = snapshot["iteration"]
 
     def _mark_diverged(self, iteration: int) -> None:
@@ -320,6 +326,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
+        generator, task_block = self.tasks.checkpoint()
         return {
             "format": _FORMAT,
             "config": self.config.to_dict(),
@@ -330,7 +337,8 @@ class Trainer:
             "wall_time_s": self.wall_time_s,
             "meta": {k: v.detach().cpu() for k, v in self.meta.items()},
             "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
+            "generator": generator,
+            "task_block": task_block,
             "history": self.history,
         }
 
@@ -343,7 +351,7 @@ class Trainer:
             for k, v in state["meta"].items():
                 self.meta[k].copy_(v.to(self.device))
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
+        self.tasks.resume(state["generator"], state.get("task_block"))  # absent before 2026-12
         self.iteration = int(state["iteration"])
         self.status = state["status"]
         self.diverged_at = state["diverged_at"]

@@ -619,3 +619,23 @@ def test_sine_sample_is_the_stream_of_separate_draws(protocol):
         x, y = x.float(), y.float()
         assert torch.equal(got.support_x, x[:, :7]) and torch.equal(got.query_x, x[:, 7:])
         assert torch.equal(got.support_y, y[:, :7]) and torch.equal(got.query_y, y[:, 7:])
+
+
+@pytest.mark.parametrize(("name", "settings"), [
+    ("sine", {"protocol": "maml"}), ("sine", {"protocol": "metasgd"}), ("polynomial", {}),
+])
+def test_sample_block_is_consecutive_samples(name, settings):
+    """A block of meta-batches (the trainer's training draw) holds exactly the batches of that
+    many ``sample`` calls and leaves the generator where they leave it; for a task without a
+    vectorised draw the default stacks the calls."""
+    task = build_task({"name": name, "shots": 4, **settings})
+    gen, ref_gen = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    block = task.sample_block(6, 3, generator=gen)
+    for i in range(6):
+        want, got = task.sample(3, generator=ref_gen), block[i]
+        for part in ("support_x", "support_y", "query_x", "query_y"):
+            assert torch.equal(getattr(got, part), getattr(want, part)), (i, part)
+            if task.samples_in_blocks:  # the trainer's compiled step then sees the same strides
+                assert getattr(got, part).stride() == getattr(want, part).stride()
+    assert torch.equal(gen.get_state(), ref_gen.get_state())
+    assert task.samples_in_blocks is (name == "sine")

@@ -111,6 +111,13 @@ class Learner(abc.ABC):
         False when the evaluation protocol draws them (MT-net's ``mask_eval`` reads it)."""
         return {}
 
+    @property
+    def draws_training_noise(self) -> bool:
+        """Whether :meth:`sample_noise` draws from the generator in training (default: whenever a
+        subclass overrides it). The trainer draws task batches in blocks only when it does not,
+        since a block would reorder the one stream the two share."""
+        return type(self).sample_noise is not Learner.sample_noise
+
     # ----------------------------------------------------------------- per task (under vmap)
     def init_state(self, meta: Params, support_x: Tensor, support_y: Tensor, noise: Noise, *, hp: HParams) -> State:
         return {k: meta[k] for k in self._adapted}

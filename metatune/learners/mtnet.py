@@ -151,6 +151,10 @@ class MaskedLearner(Learner):
             params[zk] = zeta
         return params
 
+    @property
+    def draws_training_noise(self) -> bool:
+        return self.use_M  # training always samples masks (``mask_eval`` is for evaluation)
+
     def sample_noise(
         self, num_tasks: int, *, generator: torch.Generator, meta_params: Params, steps: int,
         training: bool = True,

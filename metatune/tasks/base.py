@@ -43,7 +43,7 @@ class TaskBatch:
 
         return TaskBatch(*(move(getattr(self, f.name)) for f in dataclasses.fields(self)))
 
-    def __getitem__(self, index: slice) -> "TaskBatch":
+    def __getitem__(self, index: int | slice) -> "TaskBatch":
         return TaskBatch(*(getattr(self, f.name)[index] for f in dataclasses.fields(self)))
 
 
@@ -64,6 +64,19 @@ class TaskDistribution(abc.ABC):
         self, num_tasks: int, *, generator: torch.Generator, shots: int | None = None, split: Split = "train"
     ) -> TaskBatch:
         """Sample ``num_tasks`` tasks; ``shots`` overrides the configured support size."""
+
+    #: Whether :meth:`sample_block` is cheaper than calling :meth:`sample` once per batch (a
+    #: vectorised draw). The trainer then draws training batches in blocks; otherwise one by one.
+    samples_in_blocks: ClassVar[bool] = False
+
+    def sample_block(
+        self, blocks: int, num_tasks: int, *, generator: torch.Generator, shots: int | None = None,
+        split: Split = "train",
+    ) -> TaskBatch:
+        """``blocks`` meta-batches stacked on a new leading dimension, with exactly the values of
+        -- and leaving the generator as -- ``blocks`` consecutive :meth:`sample` calls."""
+        batches = [self.sample(num_tasks, generator=generator, shots=shots, split=split) for _ in range(blocks)]
+        return TaskBatch(*(torch.stack([getattr(b, f.name) for b in batches]) for f in dataclasses.fields(TaskBatch)))
 
     @property
     @abc.abstractmethod

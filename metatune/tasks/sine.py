@@ -58,22 +58,33 @@ class Sine(TaskDistribution):
             return self.query
         return shots if self.protocol == "maml" else 10
 
+    #: ``sample_block`` is one vectorised draw (see TaskDistribution.samples_in_blocks).
+    samples_in_blocks: ClassVar[bool] = True
+
     def sample(
         self, num_tasks: int, *, generator: torch.Generator, shots: int | None = None, split: Split = "train"
+    ) -> TaskBatch:
+        return self.sample_block(1, num_tasks, generator=generator, shots=shots, split=split)[0]
+
+    def sample_block(
+        self, blocks: int, num_tasks: int, *, generator: torch.Generator, shots: int | None = None,
+        split: Split = "train",
     ) -> TaskBatch:
         k = self.shots if shots is None else shots
         q = self.query_size(k)
         n = num_tasks
-        # One draw for amplitude, phase, (frequency) and x, in that order: the CPU generator
-        # fills a tensor sequentially, so these are exactly the values of four separate draws,
-        # in a third of the calls (sampling is part of every training step).
+        # One draw for amplitude, phase, (frequency) and x, in that order, per batch: the CPU
+        # generator fills a tensor sequentially, so these are exactly the values of separate
+        # draws -- of four per batch, and of ``blocks`` batches one after the other -- and the
+        # same elementwise float64 arithmetic follows (sampling is part of every training step).
         ranges = (self.amplitude, self.phase) + (((0.8, 1.2),) if self.protocol == "metasgd" else ())
-        u = torch.rand(n * len(ranges) + n * (k + q), generator=generator, dtype=torch.float64)
+        r = len(ranges)
+        u = torch.rand(blocks * (n * r + n * (k + q)), generator=generator, dtype=torch.float64).view(blocks, -1)
         width, lo = _affine(ranges)
-        params = u[: n * len(ranges)].view(len(ranges), n, 1, 1) * width + lo
-        amp, phase = params[0], params[1]
+        params = u[:, : n * r].view(blocks, r, n, 1, 1) * width + lo
+        amp, phase = params[:, 0], params[:, 1]
         lo_x, hi_x = self.x_range
-        x = u[n * len(ranges):].view(n, k + q, 1) * (hi_x - lo_x) + lo_x
-        y = amp * torch.sin((params[2] * x if self.protocol == "metasgd" else x) - phase)
+        x = u[:, n * r:].view(blocks, n, k + q, 1) * (hi_x - lo_x) + lo_x
+        y = amp * torch.sin((params[:, 2] * x if self.protocol == "metasgd" else x) - phase)
         x, y = x.float(), y.float()
-        return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:])
+        return TaskBatch(x[:, :, :k], y[:, :, :k], x[:, :, k:], y[:, :, k:])
