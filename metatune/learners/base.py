@@ -1,14 +1,16 @@
 """The learner contract: a meta-learner is a pure function of (meta-parameters, task batch,
-noise). Subclasses say how to start adapting, how to take one inner step and how to predict;
-this base class batches those over every task of a meta-batch with ``torch.func.vmap`` and
-takes inner gradients with ``torch.func.grad``.
+noise). The inner step is ``w <- w - P ⊙ grad_w L_support(w)``; a learner states its step size
+or preconditioner P (:meth:`Learner.step_size`: alpha for MAML, alpha_k for Meta-SGD, alpha * M
+for MT-net, Q_j for PAMELA) and overrides the whole step only where it is more than that. This
+base class batches the steps over every task of a meta-batch with ``torch.func.vmap`` and takes
+inner gradients with ``torch.func.grad``.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import ClassVar, Generic, TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -16,27 +18,35 @@ from torch.func import grad, vmap
 
 from metatune.errors import ConfigError
 from metatune.learners.hparams import COMMON, HyperParameter, Value
+from metatune.learners.state import AdaptState
 from metatune.models.base import Backbone, Params
 from metatune.tasks.base import TaskBatch, TaskDistribution
 
-__all__ = ["HParams", "Learner", "Noise", "State", "TaskOutput"]
+__all__ = ["AdaptState", "HParams", "Learner", "Noise", "State", "StateT", "TaskOutput"]
 
 Noise = dict[str, Tensor]
 #: The numeric hyperparameters of one call as 0-d tensors (every float setting, plus the
 #: evaluation's ``lr_scale``). They are inputs of the compiled step, never constants, so a
 #: sweep over their values reuses one compilation.
 HParams = dict[str, Tensor]
-#: A learner's per-task adaptation state; by default the adapted cell weights and biases.
-State = Any
+#: A learner's per-task adaptation state: the adapted weights ``w``, plus a learner's own fields
+#: in a subclass (:mod:`metatune.learners.state`).
+State = AdaptState
 TaskOutput = dict[str, Tensor]
+#: A pytree of tensors differentiated by :meth:`Learner.support_grad` (a weight dict, a tensor, ...).
+Tree = TypeVar("Tree")
+#: The state class of one learner (``AdaptState`` or a subclass with the learner's own fields).
+StateT = TypeVar("StateT", bound=AdaptState)
 
 
-class Learner(abc.ABC):
+class Learner(abc.ABC, Generic[StateT]):
     """Base of every meta-learner.
 
     Per task (unbatched, run under vmap): ``init_state`` -> ``inner_step`` x n -> ``predict``.
     Meta-loss = mean over tasks of the query loss after the last inner step (algorithms.md
-    §11.6). Randomness (``sample_noise``) is drawn outside vmap from an explicit generator.
+    §11.6). Randomness (``sample_noise``) is drawn outside vmap from an explicit generator;
+    checks of the call (``check_steps``) run outside vmap too. Nothing under vmap mutates the
+    learner or raises.
     """
 
     name: ClassVar[str]
@@ -119,34 +129,53 @@ class Learner(abc.ABC):
         return type(self).sample_noise is not Learner.sample_noise
 
     # ----------------------------------------------------------------- per task (under vmap)
-    def init_state(self, meta: Params, support_x: Tensor, support_y: Tensor, noise: Noise, *, hp: HParams) -> State:
-        return {k: meta[k] for k in self._adapted}
+    def init_state(self, meta: Params, support_x: Tensor, support_y: Tensor, noise: Noise, *, hp: HParams) -> StateT:
+        """The state before the first step: the meta-learned weights. A learner whose state class
+        has fields of its own overrides this."""
+        return cast(StateT, AdaptState(w={k: meta[k] for k in self._adapted}))
 
-    @abc.abstractmethod
-    def inner_step(
-        self, meta: Params, state: State, support_x: Tensor, support_y: Tensor, noise: Noise,
-        *, step: int, hp: HParams,
-    ) -> State:
-        """One adaptation step for one task. Numeric settings are read from ``hp`` (tensors),
+    def step_size(self, meta: Params, state: StateT, noise: Noise, *, step: int, hp: HParams) -> Params:
+        """P of ``w <- w - P ⊙ g`` for every adapted key, broadcastable to its weight: by default
+        alpha (``inner_lr``) times ``lr_scale``. Numeric settings are read from ``hp`` (tensors),
         never from ``self.hparams``: a constant there would be baked into the compiled step."""
+        lr = hp["inner_lr"] * hp["lr_scale"]
+        return {k: lr for k in state.w}
 
-    def predict(self, meta: Params, state: State, x: Tensor) -> Tensor:
-        return self.backbone.apply({**meta, **state}, x)
+    def inner_step(
+        self, meta: Params, state: StateT, support_x: Tensor, support_y: Tensor, noise: Noise,
+        *, step: int, hp: HParams,
+    ) -> StateT:
+        """One adaptation step for one task: ``w <- w - P ⊙ grad_w L_support(w)`` with P from
+        :meth:`step_size`; the rest of the state is carried over."""
+        grads = self.support_grad(lambda w: self.loss_at(meta, w, support_x, support_y), state.w)
+        rate = self.step_size(meta, state, noise, step=step, hp=hp)
+        return state.with_weights({k: w - rate[k] * grads[k] for k, w in state.w.items()})
 
-    def task_stats(self, meta: Params, state: State, noise: Noise) -> dict[str, Tensor]:
+    def predict(self, meta: Params, state: StateT, x: Tensor) -> Tensor:
+        return self.backbone.apply({**meta, **state.w}, x)
+
+    def task_stats(self, meta: Params, state: StateT, noise: Noise) -> dict[str, Tensor]:
         """Per-task diagnostics logged after adaptation (mask fractions, context norms)."""
         return {}
 
     # ----------------------------------------------------------------- helpers
-    def support_grad(self, loss_fn: Callable[[Any], Tensor], params: Any) -> Any:
-        """Gradient of a per-task support loss; a constant when ``first_order`` is set."""
+    def loss_at(self, meta: Params, weights: Params, x: Tensor, y: Tensor) -> Tensor:
+        """The task loss of the backbone with ``weights`` (adapted keys) over ``meta``."""
+        return self.task.loss(self.backbone.apply({**meta, **weights}, x), y)
+
+    def support_grad(self, loss_fn: Callable[[Tree], Tensor], params: Tree, *, constant: bool | None = None) -> Tree:
+        """Gradient of a per-task support loss w.r.t. ``params``; a constant for the meta-gradient
+        when ``constant`` (default: when ``first_order`` is set)."""
+        if constant is None:
+            constant = bool(self.hparams.get("first_order", False))
         grads = grad(loss_fn)(params)
-        if self.hparams.get("first_order", False):
+        if constant:
             grads = torch.utils._pytree.tree_map(lambda g: g.detach(), grads)
         return grads
 
-    def support_loss(self, meta: Params, state: State, x: Tensor, y: Tensor) -> Tensor:
-        return self.task.loss(self.predict(meta, state, x), y)
+    def check_steps(self, *, steps: int) -> None:
+        """Refuse (raise) a number of inner steps this learner cannot run, before any task is
+        adapted: called once per :meth:`batched` call, outside vmap (default: any number)."""
 
     # ----------------------------------------------------------------- batched API
     def run_task(
@@ -158,7 +187,7 @@ class Learner(abc.ABC):
         state = self.init_state(meta, support_x, support_y, noise, hp=hp)
         losses, accs = [], []
 
-        def score(state: State) -> None:
+        def score(state: StateT) -> None:
             pred = self.predict(meta, state, query_x)
             losses.append(self.task.loss(pred, query_y))
             acc = self.task.accuracy(pred, query_y)
@@ -187,6 +216,7 @@ class Learner(abc.ABC):
         """``run_task`` over every task of ``batch`` at once (vmap); outputs gain a task dim.
         ``hp`` defaults to :meth:`runtime_hparams` (with ``lr_scale``) in the batch's dtype."""
         steps = self.hparams["inner_steps"] if steps is None else steps
+        self.check_steps(steps=steps)
         if hp is None:
             hp = self.runtime_hparams(lr_scale=lr_scale, dtype=batch.support_x.dtype, device=batch.support_x.device)
 

@@ -32,22 +32,31 @@ far gamma moved from its value at nu = 0 (``gamma_shift``), to make that visible
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor
-from torch.func import grad
 from torch.nn import functional as F
 
 from metatune.errors import ConfigError
-from metatune.learners.base import HParams, Learner, Noise, State
+from metatune.learners.base import HParams, Learner, Noise
 from metatune.learners.hparams import COMMON, HyperParameter
-from metatune.models.base import Params
+from metatune.learners.state import AdaptState, pytree_state
+from metatune.models.base import Backbone, Params
 
-__all__ = ["CxGrad", "G_KEYS"]
+__all__ = ["G_KEYS", "CxGrad", "CxGradState"]
 
 #: Meta-parameter keys of g_phi: (first layer weight, bias, second layer weight, bias).
 G_KEYS = ("cxgrad/g0.weight", "cxgrad/g0.bias", "cxgrad/g1.weight", "cxgrad/g1.bias")
+
+
+@pytree_state
+@dataclass(frozen=True)
+class CxGradState(AdaptState):
+    """The fast weights (``w``, after the last step's IGS and update) and the context ``nu``."""
+
+    nu: Tensor
 
 
 def _default_linear(out_f: int, in_f: int, generator: torch.Generator, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -59,7 +68,7 @@ def _default_linear(out_f: int, in_f: int, generator: torch.Generator, dtype: to
     return weight, bias
 
 
-class CxGrad(Learner):
+class CxGrad(Learner[CxGradState]):
     """MAML whose conv cells are re-normalised to a task-conditioned norm gamma(nu) every step."""
 
     requires_batchnorm: ClassVar[bool] = True
@@ -87,7 +96,7 @@ class CxGrad(Learner):
         ),
     )
 
-    def check_backbone(self, backbone) -> None:  # noqa: ANN001
+    def check_backbone(self, backbone: Backbone) -> None:
         if not backbone.has_batchnorm:
             raise ConfigError(
                 "model.name",
@@ -123,34 +132,34 @@ class CxGrad(Learner):
             out[key] = gamma[layer] * w / w.norm()
         return out
 
-    def _loss(self, meta: Params, weights: Params, x: Tensor, y: Tensor) -> Tensor:
-        return self.task.loss(self.backbone.apply({**meta, **weights}, x), y)
-
     def _zero_context(self, like: Tensor) -> Tensor:
         return torch.zeros(self.hparams["context_dim"], dtype=like.dtype, device=like.device)
 
     def first_context_step(self, meta: Params, weights: Params, x: Tensor, y: Tensor, *, hp: HParams) -> Tensor:
         """nu = 0, then nu <- nu - context_lr * grad_nu L_support(IGS(weights, nu))."""
         nu = self._zero_context(meta[G_KEYS[0]])
-        g = grad(lambda n: self._loss(meta, self.igs(meta, weights, n), x, y))(nu)
-        if self.hparams["first_order"] or self.hparams["cxgrad_detach_first_context_step"]:
-            g = g.detach()
+        constant = bool(self.hparams["first_order"] or self.hparams["cxgrad_detach_first_context_step"])
+        g = self.support_grad(lambda n: self.loss_at(meta, self.igs(meta, weights, n), x, y), nu, constant=constant)
         return nu - hp["context_lr"] * g
 
     # ----------------------------------------------------------------- per task
-    def init_state(self, meta: Params, support_x: Tensor, support_y: Tensor, noise: Noise, *, hp: HParams) -> State:
+    def init_state(
+        self, meta: Params, support_x: Tensor, support_y: Tensor, noise: Noise, *, hp: HParams,
+    ) -> CxGradState:
         weights = {k: meta[k] for k in self._adapted}
         if self.hparams["context_update"] == "task":
             nu = self.first_context_step(meta, weights, support_x, support_y, hp=hp)
         else:
             nu = self._zero_context(meta[G_KEYS[0]])
-        return {"w": weights, "nu": nu}
+        return CxGradState(w=weights, nu=nu)
 
     def inner_step(
-        self, meta: Params, state: State, support_x: Tensor, support_y: Tensor, noise: Noise,
+        self, meta: Params, state: CxGradState, support_x: Tensor, support_y: Tensor, noise: Noise,
         *, step: int, hp: HParams,
-    ) -> State:
-        weights, nu = state["w"], state["nu"]
+    ) -> CxGradState:
+        """The whole step is CxGrad's own: IGS before the gradient, and one backward pass for
+        the weights and the context."""
+        weights, nu = state.w, state.nu
         if self.hparams["context_update"] == "step":
             nu = self.first_context_step(meta, weights, support_x, support_y, hp=hp)
 
@@ -159,21 +168,18 @@ class CxGrad(Learner):
         # (scaled weights, nu) in the authors' code).
         def loss(p: dict) -> Tensor:
             scaled = self.igs(meta, weights, p["nu"])
-            return self._loss(meta, {k: scaled[k] + p["delta"][k] for k in scaled}, support_x, support_y)
+            return self.loss_at(meta, {k: scaled[k] + p["delta"][k] for k in scaled}, support_x, support_y)
 
         g = self.support_grad(loss, {"nu": nu, "delta": {k: torch.zeros_like(v) for k, v in weights.items()}})
         scaled = self.igs(meta, weights, nu)
         lr = hp["inner_lr"] * hp["lr_scale"]
-        return {
-            "w": {k: scaled[k] - lr * g["delta"][k] for k in scaled},
-            "nu": nu - hp["context_lr"] * g["nu"],
-        }
+        return CxGradState(
+            w={k: scaled[k] - lr * g["delta"][k] for k in scaled},
+            nu=nu - hp["context_lr"] * g["nu"],
+        )
 
-    def predict(self, meta: Params, state: State, x: Tensor) -> Tensor:
-        return self.backbone.apply({**meta, **state["w"]}, x)
-
-    def task_stats(self, meta: Params, state: State, noise: Noise) -> dict[str, Tensor]:
-        nu = state["nu"]
+    def task_stats(self, meta: Params, state: CxGradState, noise: Noise) -> dict[str, Tensor]:
+        nu = state.nu
         gamma = self.gammas(meta, nu)
         gamma0 = self.gammas(meta, torch.zeros_like(nu))
         stats = {f"gamma/{key.rsplit('.', 1)[0]}": gamma[i] for i, key in enumerate(self.conv_keys)}

@@ -4,25 +4,16 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from torch import Tensor
-
-from metatune.learners.base import HParams, Learner, Noise, State
+from metatune.learners.base import Learner
 from metatune.learners.hparams import COMMON, FIRST_ORDER, HyperParameter
-from metatune.models.base import Params
+from metatune.learners.state import AdaptState
 
-__all__ = ["MAML", "FOMAML"]
+__all__ = ["FOMAML", "MAML"]
 
 
-class MAML(Learner):
-    """theta_{j+1} = theta_j - alpha * grad L_support(theta_j); meta-learned: theta."""
-
-    def inner_step(
-        self, meta: Params, state: State, support_x: Tensor, support_y: Tensor, noise: Noise,
-        *, step: int, hp: HParams,
-    ) -> State:
-        grads = self.support_grad(lambda s: self.support_loss(meta, s, support_x, support_y), state)
-        lr = hp["inner_lr"] * hp["lr_scale"]
-        return {k: v - lr * grads[k] for k, v in state.items()}
+class MAML(Learner[AdaptState]):
+    """theta_{j+1} = theta_j - alpha * grad L_support(theta_j); meta-learned: theta. The base
+    class's update rule with its default step size P = alpha."""
 
 
 class FOMAML(MAML):

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from torch import Tensor
 
-from metatune.learners.base import HParams, Learner, Noise, State
+from metatune.learners.base import HParams, Learner, Noise
 from metatune.learners.hparams import COMMON, HyperParameter
+from metatune.learners.state import AdaptState
 from metatune.models.base import Params
 
 __all__ = ["MetaSGD"]
@@ -16,7 +16,7 @@ __all__ = ["MetaSGD"]
 PREFIX = "lr/"
 
 
-class MetaSGD(Learner):
+class MetaSGD(Learner[AdaptState]):
     """theta' = theta - alpha o grad L_support(theta), alpha shaped like theta; the same alpha
     at every step when ``inner_steps`` > 1. ``inner_lr`` is alpha's initial value."""
 
@@ -42,9 +42,6 @@ class MetaSGD(Learner):
             params[PREFIX + key] = alpha
         return params
 
-    def inner_step(
-        self, meta: Params, state: State, support_x: Tensor, support_y: Tensor, noise: Noise,
-        *, step: int, hp: HParams,
-    ) -> State:
-        grads = self.support_grad(lambda s: self.support_loss(meta, s, support_x, support_y), state)
-        return {k: v - hp["lr_scale"] * meta[PREFIX + k] * grads[k] for k, v in state.items()}
+    def step_size(self, meta: Params, state: AdaptState, noise: Noise, *, step: int, hp: HParams) -> Params:
+        """P = alpha_k, the meta-learned rate of each weight (times ``lr_scale``)."""
+        return {k: hp["lr_scale"] * meta[PREFIX + k] for k in state.w}

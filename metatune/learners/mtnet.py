@@ -68,11 +68,12 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from metatune.learners.base import HParams, Learner, Noise, State
+from metatune.learners.base import HParams, Learner, Noise
 from metatune.learners.hparams import COMMON, HyperParameter
+from metatune.learners.state import AdaptState
 from metatune.models.base import Cell, Params, truncated_normal
 
-__all__ = ["TNet", "MNet", "MTNet", "MNetFull", "MTNetFull", "MaskedLearner", "ZETA", "GUMBEL", "EXPECTED"]
+__all__ = ["EXPECTED", "GUMBEL", "ZETA", "MNet", "MNetFull", "MTNet", "MTNetFull", "MaskedLearner", "TNet"]
 
 ZETA = "zeta/"
 GUMBEL = "gumbel/"
@@ -111,7 +112,7 @@ def _mask_hparams(*, full: bool) -> tuple[HyperParameter, ...]:
     )
 
 
-class MaskedLearner(Learner):
+class MaskedLearner(Learner[AdaptState]):
     """The MT-net family; subclasses set ``use_T`` (transformation), ``use_M`` (masks) and
     ``full`` (one logit per weight instead of per output unit)."""
 
@@ -210,18 +211,15 @@ class MaskedLearner(Learner):
         return out
 
     # ----------------------------------------------------------------- per task (under vmap)
-    def inner_step(
-        self, meta: Params, state: State, support_x: Tensor, support_y: Tensor, noise: Noise,
-        *, step: int, hp: HParams,
-    ) -> State:
-        grads = self.support_grad(lambda s: self.support_loss(meta, s, support_x, support_y), state)
-        lr = hp["inner_lr"] * hp["lr_scale"]
+    def step_size(self, meta: Params, state: AdaptState, noise: Noise, *, step: int, hp: HParams) -> Params:
+        """P = alpha * M (this step's straight-through masks; M = 1 without masks)."""
         if not self.use_M:
-            return {k: v - lr * grads[k] for k, v in state.items()}
+            return super().step_size(meta, state, noise, step=step, hp=hp)
+        lr = hp["inner_lr"] * hp["lr_scale"]
         masks = self.masks(meta, noise, step, hp=hp)
-        return {k: v - lr * (masks[k] * grads[k]) for k, v in state.items()}
+        return {k: lr * masks[k] for k in state.w}
 
-    def task_stats(self, meta: Params, state: State, noise: Noise) -> dict[str, Tensor]:
+    def task_stats(self, meta: Params, state: AdaptState, noise: Noise) -> dict[str, Tensor]:
         if not self.use_M:
             return {}
         used, count, p_update, frozen = 0.0, 0, 0.0, []

@@ -22,24 +22,43 @@ so with n = 5, w = 2 the skips are after updates 2 (mixing theta_0, P_0) and 4 (
 More steps than trained (e.g. an evaluation with ``inner_steps`` > n): Q exists only for
 j < n. ``pamela_extra_steps: reuse_last`` (default) reuses Q_{n-1} for every later step and
 adds no skip whose P was never trained (t - w > the last trained index); ``error`` raises a
-ValueError instead. ``lr_scale`` (robustness curve) multiplies Q.
+ValueError instead, before any task is adapted (:meth:`PAMELA.check_steps`, outside vmap).
+``lr_scale`` (robustness curve) multiplies Q.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from metatune.learners.base import HParams, Learner, Noise, State
+from metatune.learners.base import HParams, Learner, Noise
 from metatune.learners.hparams import COMMON, HyperParameter
+from metatune.learners.state import AdaptState, pytree_state
 from metatune.models.base import Cell, Params
 
-__all__ = ["PAMELA", "skip_indices"]
+__all__ = ["PAMELA", "PamelaState", "skip_indices"]
 
 log = logging.getLogger(__name__)
+
+
+@pytree_state
+@dataclass(frozen=True)
+class PamelaState(AdaptState):
+    """theta_t being adapted (``w``) and the ``anchor`` theta_{t-w} of the next skip: theta at
+    the last multiple of w."""
+
+    anchor: Params
+
+
+@functools.cache
+def _warn_extra_steps(trained: int, steps: int) -> None:
+    """Once per process and step counts (a cache, so that no learner keeps a flag)."""
+    log.warning("PAMELA: %d-step loop trained, running %d steps; reusing Q_%d", trained, steps, trained - 1)
 
 
 def skip_indices(n: int, w: int) -> list[tuple[int, int]]:
@@ -62,7 +81,7 @@ def p_key(index: int, cell: Cell) -> str:
     return f"pamela/p{index}/{cell.name}"
 
 
-class PAMELA(Learner):
+class PAMELA(Learner[PamelaState]):
     """Per-step preconditioners Q_j and per-cell skip coefficients P, both meta-learned."""
 
     hyperparameters: ClassVar[tuple[HyperParameter, ...]] = (
@@ -84,7 +103,6 @@ class PAMELA(Learner):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._cells = self.backbone.cells
-        self._warned = False
 
     @property
     def num_q(self) -> int:
@@ -115,48 +133,45 @@ class PAMELA(Learner):
         return q
 
     # ----------------------------------------------------------------- per task
-    def _loss(self, meta: Params, weights: Params, x: Tensor, y: Tensor) -> Tensor:
-        return self.task.loss(self.backbone.apply({**meta, **weights}, x), y)
+    def check_steps(self, *, steps: int) -> None:
+        n = self.num_q
+        if steps <= n:
+            return
+        if self.hparams["pamela_extra_steps"] == "error":
+            raise ValueError(
+                f"PAMELA was meta-trained with inner_steps = {n} (Q_0..Q_{n - 1}); step {n + 1} has no "
+                "preconditioner. Evaluate with at most that many steps or set pamela_extra_steps: reuse_last")
+        if not torch.compiler.is_compiling():  # logging would break the compiled graph
+            _warn_extra_steps(n, steps)
 
-    def init_state(self, meta: Params, support_x: Tensor, support_y: Tensor, noise: Noise, *, hp: HParams) -> State:
+    def init_state(
+        self, meta: Params, support_x: Tensor, support_y: Tensor, noise: Noise, *, hp: HParams,
+    ) -> PamelaState:
         theta = {k: meta[k] for k in self._adapted}
-        # "anchor" = theta_{t-w} for the next skip: theta at the last multiple of w.
-        return {"w": theta, "anchor": theta}
+        return PamelaState(w=theta, anchor=theta)
+
+    def step_size(self, meta: Params, state: PamelaState, noise: Noise, *, step: int, hp: HParams) -> Params:
+        """P = Q_j (times ``lr_scale``), j = the step, or the last trained one beyond them."""
+        j = min(step, self.num_q - 1)
+        return {
+            key: hp["lr_scale"] * self._q(meta, j, cell, key, state.w[key])
+            for cell in self._cells for key in cell.keys
+        }
 
     def inner_step(
-        self, meta: Params, state: State, support_x: Tensor, support_y: Tensor, noise: Noise,
+        self, meta: Params, state: PamelaState, support_x: Tensor, support_y: Tensor, noise: Noise,
         *, step: int, hp: HParams,
-    ) -> State:
-        n, width = self.num_q, self.hparams["skip_width"]
-        j = step
-        if j >= n:
-            if self.hparams["pamela_extra_steps"] == "error":
-                raise ValueError(
-                    f"PAMELA was meta-trained with inner_steps = {n} (Q_0..Q_{n - 1}); step {j + 1} has no "
-                    "preconditioner. Evaluate with at most that many steps or set pamela_extra_steps: reuse_last")
-            if not self._warned:
-                log.warning("PAMELA: %d-step loop trained, running more steps; reusing Q_%d", n, n - 1)
-                self._warned = True
-            j = n - 1
-        weights = state["w"]
-        grads = self.support_grad(lambda w: self._loss(meta, w, support_x, support_y), weights)
-        new = {}
-        for cell in self._cells:
-            for key in cell.keys:
-                new[key] = weights[key] - hp["lr_scale"] * self._q(meta, j, cell, key, weights[key]) * grads[key]
-        t = step + 1
-        anchor = state["anchor"]
-        if t % width == 0:
-            pk = p_key(t - width, self._cells[0])
-            if pk in meta:
-                mixed = {}
-                for cell in self._cells:
-                    p = meta[p_key(t - width, cell)]
-                    for key in cell.keys:
-                        mixed[key] = (1 - p) * new[key] + p * anchor[key]
-                new = mixed
-            anchor = new
-        return {"w": new, "anchor": anchor}
-
-    def predict(self, meta: Params, state: State, x: Tensor) -> Tensor:
-        return self.backbone.apply({**meta, **state["w"]}, x)
+    ) -> PamelaState:
+        """The preconditioned step, then after every w-th update the skip from the anchor."""
+        new = super().inner_step(meta, state, support_x, support_y, noise, step=step, hp=hp).w
+        t, width = step + 1, self.hparams["skip_width"]
+        if t % width != 0:
+            return PamelaState(w=new, anchor=state.anchor)
+        if p_key(t - width, self._cells[0]) in meta:  # no skip whose P was never trained
+            mixed = {}
+            for cell in self._cells:
+                p = meta[p_key(t - width, cell)]
+                for key in cell.keys:
+                    mixed[key] = (1 - p) * new[key] + p * state.anchor[key]
+            new = mixed
+        return PamelaState(w=new, anchor=new)

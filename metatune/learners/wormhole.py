@@ -27,23 +27,34 @@ curve) multiplies alpha only, not the C step size.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from metatune.errors import ConfigError
-from metatune.learners.base import HParams, Learner, Noise, State
+from metatune.learners.base import HParams, Learner, Noise
 from metatune.learners.hparams import COMMON, HyperParameter
+from metatune.learners.state import AdaptState, pytree_state
 from metatune.models.base import Backbone, Cell, Params
 from metatune.tasks.base import TaskDistribution
 
-__all__ = ["C_FORMS", "Wormhole"]
+__all__ = ["C_FORMS", "Wormhole", "WormholeState"]
 
 C_FORMS = ("scalar", "tanh", "diag_layer", "diag_weight")
 
 
-class Wormhole(Learner):
+@pytree_state
+@dataclass(frozen=True)
+class WormholeState(AdaptState):
+    """phi = C o theta being adapted (``w``) and the fitted raw task parameters (c, or t for
+    tanh), kept for the statistics."""
+
+    c: dict[str, Tensor]
+
+
+class Wormhole(Learner[WormholeState]):
     """phi_i = C_i o theta, C_i fitted on the support set first, then MAML steps on phi_i."""
 
     hyperparameters: ClassVar[tuple[HyperParameter, ...]] = (
@@ -140,32 +151,22 @@ class Wormhole(Learner):
         return out
 
     # ----------------------------------------------------------------- per task
-    def _loss(self, meta: Params, weights: Params, x: Tensor, y: Tensor) -> Tensor:
-        return self.task.loss(self.backbone.apply({**meta, **weights}, x), y)
-
-    def init_state(self, meta: Params, support_x: Tensor, support_y: Tensor, noise: Noise, *, hp: HParams) -> State:
+    def init_state(
+        self, meta: Params, support_x: Tensor, support_y: Tensor, noise: Noise, *, hp: HParams,
+    ) -> WormholeState:
+        """The C-steps; the w-steps are then the base class's (P = alpha)."""
         theta = {k: meta[k] for k in self._adapted}
         ref = theta[self._adapted[0]]
         raw = self.init_c(dtype=ref.dtype, device=ref.device, hp=hp)
         lr = hp["wormhole_c_lr"]
+        constant = bool(self.hparams["first_order"] or self.hparams["wormhole_c_first_order"])
         for _ in range(self.hparams["wormhole_c_steps"]):
-            g = self.support_grad(lambda r: self._loss(meta, self.apply_c(theta, r), support_x, support_y), raw)
-            if self.hparams["wormhole_c_first_order"]:
-                g = {k: v.detach() for k, v in g.items()}
+            g = self.support_grad(
+                lambda r: self.loss_at(meta, self.apply_c(theta, r), support_x, support_y), raw, constant=constant,
+            )
             raw = {k: raw[k] - lr * g[k] for k in raw}
-        return {"w": self.apply_c(theta, raw), "c": raw}
+        return WormholeState(w=self.apply_c(theta, raw), c=raw)
 
-    def inner_step(
-        self, meta: Params, state: State, support_x: Tensor, support_y: Tensor, noise: Noise,
-        *, step: int, hp: HParams,
-    ) -> State:
-        grads = self.support_grad(lambda w: self._loss(meta, w, support_x, support_y), state["w"])
-        lr = hp["inner_lr"] * hp["lr_scale"]
-        return {"w": {k: v - lr * grads[k] for k, v in state["w"].items()}, "c": state["c"]}
-
-    def predict(self, meta: Params, state: State, x: Tensor) -> Tensor:
-        return self.backbone.apply({**meta, **state["w"]}, x)
-
-    def task_stats(self, meta: Params, state: State, noise: Noise) -> dict[str, Tensor]:
-        c = torch.cat([v.reshape(-1) for v in self.c_values(state["c"]).values()])
+    def task_stats(self, meta: Params, state: WormholeState, noise: Noise) -> dict[str, Tensor]:
+        c = torch.cat([v.reshape(-1) for v in self.c_values(state.c).values()])
         return {"c_mean": c.mean(), "c_abs_mean": c.abs().mean()}
