@@ -1,14 +1,17 @@
-"""Per-learner settings for the contract suite: a small task/backbone where the learner makes
-sense. Learners not listed use the sine MLP."""
+"""Per-learner settings for the contract suite (metatune.testing): a small task/backbone where
+the learner makes sense. Learners not listed use metatune.testing's default (the sine MLP);
+the reference modules fill SETTINGS beside their references."""
 
 from __future__ import annotations
 
 from typing import Any
 
-SMALL_MLP = {"name": "mlp", "hidden": [8, 8]}
-SINE = {"name": "sine", "protocol": "metasgd", "shots": 5, "query": 6}
+from metatune.testing import DEFAULT_HPARAMS, DEFAULT_MODEL, DEFAULT_TASK
 
-DEFAULT: dict[str, Any] = {"task": SINE, "model": SMALL_MLP, "hparams": {"inner_lr": 0.05}}
+SMALL_MLP = dict(DEFAULT_MODEL)
+SINE = dict(DEFAULT_TASK)
+
+DEFAULT: dict[str, Any] = {"task": SINE, "model": SMALL_MLP, "hparams": dict(DEFAULT_HPARAMS)}
 SETTINGS: dict[str, dict[str, Any]] = {}
 
 

@@ -1,21 +1,32 @@
 """Meta-learners: each a pure function of (meta-parameters, task batch, noise) -> loss.
 
-Add a learner by subclassing :class:`Learner`, declaring its ``hyperparameters`` and
-registering it with ``@LEARNERS.register("name")``; the contract tests, search spaces and
-CLI pick it up from the registry.
+Add a learner with one file in this folder: subclass :class:`Learner`, declare its
+``hyperparameters`` and decorate it with ``@register_learner("name")``. The package imports
+every module here itself, so nothing else needs editing; the contract tests, search spaces and
+CLI pick it up from the registry. A separate package registers learners through the
+``metatune.learners`` entry-point group instead (README, "Extending metatune").
 """
 
 from __future__ import annotations
 
-from metatune.learners.base import HParams, Learner, Noise, State, TaskOutput
-from metatune.learners.hparams import COMMON, FIRST_ORDER, INNER_LR, INNER_STEPS, HyperParameter
-from metatune.learners.maml import FOMAML, MAML
-from metatune.learners.metasgd import MetaSGD
-from metatune.learners.cxgrad import CxGrad
-from metatune.learners.pamela import PAMELA
-from metatune.learners.wormhole import Wormhole
-from metatune.learners.mtnet import MNet, MNetFull, MTNet, MTNetFull, TNet
+import importlib
+import pkgutil
+
 from metatune.registry import Registry
+from metatune.learners.base import HParams, Learner, Noise, State, TaskOutput
+
+# The registry exists before any learner module is imported, so a module here can import
+# ``register_learner`` from this package while the package is still initialising.
+LEARNERS: Registry[Learner] = Registry("learner", base=Learner, entry_point_group="metatune.learners")
+register_learner = LEARNERS.register
+
+from metatune.learners.hparams import COMMON, FIRST_ORDER, INNER_LR, INNER_STEPS, HyperParameter  # noqa: E402
+from metatune.learners.maml import FOMAML, MAML  # noqa: E402
+from metatune.learners.metasgd import MetaSGD  # noqa: E402
+from metatune.learners.cxgrad import CxGrad  # noqa: E402
+from metatune.learners.pamela import PAMELA  # noqa: E402
+from metatune.learners.wormhole import Wormhole  # noqa: E402
+from metatune.learners.mtnet import MNet, MNetFull, MTNet, MTNetFull, TNet  # noqa: E402
 
 __all__ = [
     "COMMON", "FIRST_ORDER", "FOMAML", "INNER_LR", "INNER_STEPS", "LEARNERS", "MAML",
@@ -24,9 +35,8 @@ __all__ = [
     "CxGrad", "PAMELA", "Wormhole",
 ]
 
-LEARNERS: Registry[Learner] = Registry("learner")
-register_learner = LEARNERS.register
-
+# The modules above predate self-registration; registering the same class again is a no-op,
+# so these lines stay harmless once a module decorates its own classes.
 register_learner("maml")(MAML)
 register_learner("fomaml")(FOMAML)
 register_learner("metasgd")(MetaSGD)
@@ -43,7 +53,14 @@ register_learner("wormhole")(Wormhole)
 register_learner("pamela")(PAMELA)
 register_learner("cxgrad")(CxGrad)
 
-_SHIPPED: frozenset[type] = frozenset(LEARNERS.get(name) for name in LEARNERS.names())
+# Every other module of this folder registers itself on import (``_private`` ones are helpers).
+for _module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
+del _module
+
+# Taken before any plugin loads (plugins load lazily, on a lookup): metatune's own learners.
+_SHIPPED: frozenset[type] = frozenset(LEARNERS.registered().values())
 
 
 def is_shipped(cls: type) -> bool:
