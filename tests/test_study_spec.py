@@ -181,7 +181,7 @@ def test_define_by_run_space_is_conditional_with_own_names(tmp_path):
 
 
 def test_grid_sampler_covers_the_grid(tmp_path):
-    from metatune.study.sampler import make_sampler
+    from metatune.study.strategies import make_sampler
 
     data = {**copy.deepcopy(GOOD), "search_space": GRID, "sampler": {"name": "grid"}}
     data.pop("trials")

@@ -18,23 +18,31 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from metatune.study.records import TrialRecord
+from metatune.study.records import TrialRecord, TrialStatus
 
-__all__ = ["Tracker", "redact_uri", "ui_command"]
+__all__ = ["Tracker", "configure_mlflow_env", "redact_uri", "ui_command"]
 
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-# MLflow's HTTP defaults (7 retries, backoff factor 2, 120 s timeout) hold a call to a server
-# that is down for about 4 minutes, on the Tune driver's thread. Fail within seconds instead:
-# the study goes on and `metatune report` catches up.
-for _key, _value in (
+#: MLflow settings for the study's client, applied (unless the user set them) when the first
+#: client or server starts, never on import.
+_CLIENT_ENV = (
+    ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
+    # MLflow's HTTP defaults (7 retries, backoff factor 2, 120 s timeout) hold a call to a
+    # server that is down for about 4 minutes, on the Tune driver's thread. Fail within
+    # seconds instead: the study goes on and `metatune report` catches up.
     ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
     ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
     ("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0"),
     ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"),
     # No "View run at ..." lines in the driver's output (and no extra request per run).
     ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"),
-):
-    os.environ.setdefault(_key, _value)
+)
+
+
+def configure_mlflow_env() -> None:
+    """Apply _CLIENT_ENV; MLflow reads these on each request, so this may run any time before."""
+    for key, value in _CLIENT_ENV:
+        os.environ.setdefault(key, value)
+
 
 TAG_STUDY = "metatune.study"
 TAG_ROLE = "metatune.role"
@@ -43,7 +51,12 @@ TAG_STATUS = "metatune.status"
 TAG_FINAL = "metatune.final"
 _PARENT_TAG = "mlflow.parentRunId"
 _NOTE = "mlflow.note.content"
-_TERMINAL = {"completed": "FINISHED", "diverged": "FINISHED", "stopped": "FINISHED", "error": "FAILED"}
+_TERMINAL = {
+    TrialStatus.COMPLETED: "FINISHED",
+    TrialStatus.DIVERGED: "FINISHED",
+    TrialStatus.STOPPED: "FINISHED",
+    TrialStatus.ERROR: "FAILED",
+}
 
 
 def redact_uri(uri: str) -> str:
@@ -96,6 +109,7 @@ class Tracker:
         if self._client_obj is None:
             from mlflow.tracking import MlflowClient
 
+            configure_mlflow_env()
             self._client_obj = MlflowClient(tracking_uri=self.uri)
         return self._client_obj
 
@@ -229,7 +243,7 @@ class Tracker:
                 TAG_ROLE: "trial",
                 TAG_TRIAL: record.trial_id,
                 "metatune.learner": record.learner,
-                TAG_STATUS: record.status,
+                TAG_STATUS: record.status.value,
             },
         )
         rid = run.info.run_id
@@ -305,7 +319,7 @@ class Tracker:
             "test_loss_ci95": record.test_loss_ci95,
             "test_accuracy": record.test_accuracy,
             "test_accuracy_ci95": record.test_accuracy_ci95,
-            "diverged": 1.0 if record.status == "diverged" else (0.0 if record.finished else None),
+            "diverged": 1.0 if record.status == TrialStatus.DIVERGED else (0.0 if record.finished else None),
             "diverged_at": record.diverged_at,
             "last_finite_loss": record.last_finite_loss,
             "wall_time_s": record.wall_time_s,
@@ -318,7 +332,7 @@ class Tracker:
         if record.finished:
             points += [(k, v, 0) for k, v in finals.items() if v is not None]
         self._log(rid, [p for p in points if p[1] is not None])
-        tags = {TAG_STATUS: record.status}
+        tags = {TAG_STATUS: record.status.value}
         if record.diverged_at is not None:
             tags["metatune.diverged_at"] = str(record.diverged_at)
         if record.error:

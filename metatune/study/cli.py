@@ -8,21 +8,25 @@ that). STUDY is a study folder, a study YAML, or a study name under ./metatune_r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from metatune.errors import ConfigError
+from metatune.study.records import TrialStatus
+
+if TYPE_CHECKING:
+    from metatune.study._mlflow import Tracker
+    from metatune.study.resolved import Study
 
 __all__ = ["register_commands"]
 
 
-def _tracker(study: Any) -> Any:
+def _tracker(study: Study) -> Tracker:
     from metatune.study._mlflow import Tracker
 
     return Tracker(
@@ -30,7 +34,7 @@ def _tracker(study: Any) -> Any:
     )
 
 
-def _public_uri(study: Any) -> str:
+def _public_uri(study: Study) -> str:
     from metatune.study._mlflow import redact_uri
 
     return redact_uri(study.tracking_uri)
@@ -41,13 +45,13 @@ def _same_study(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
 
 
-def _ui_hint(study: Any) -> str:
+def _ui_hint(study: Study) -> str:
     if study.tracking_uri.startswith("sqlite:"):
         return f"metatune ui {study.dir}    (serves {study.tracking_uri} on http://127.0.0.1:5000)"
     return f"open {_public_uri(study)} (experiment '{study.experiment}')"
 
 
-def _execute(study: Any, args: argparse.Namespace, *, resume: bool) -> int:
+def _execute(study: Study, args: argparse.Namespace, *, resume: bool) -> int:
     from metatune.study import _ray
     from metatune.study.export import export_best, summary_table
     from metatune.study.monitor import StudyMonitor
@@ -102,7 +106,7 @@ def _execute(study: Any, args: argparse.Namespace, *, resume: bool) -> int:
     if state != "finished":
         print(f"\nstudy interrupted: `metatune resume {study.dir}` finishes it")
         return 130 if interrupted else 1
-    failed = [r for r in records if r.status == "error"]
+    failed = [r for r in records if r.status == TrialStatus.ERROR]
     if failed:
         print(
             f"\n{len(failed)} trial(s) failed ({', '.join(r.name for r in failed)}): "
@@ -154,12 +158,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from metatune.study import _ray
-    from metatune.study.monitor import STATUS_FILE, format_params, progress_line
+    from metatune.study.monitor import format_params, progress_line
     from metatune.study.spec import open_study
+    from metatune.study.status_file import read_status
 
     study = open_study(args.study)
-    status_file = study.dir / STATUS_FILE
-    driver = json.loads(status_file.read_text()) if status_file.is_file() else None
+    driver = read_status(study.dir)
     records = _ray.read_records(study)
     print(f"study '{study.name}' in {study.dir}")
     if driver:
@@ -172,8 +176,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             # Tune's stored snapshot lists running trials as pending; the live driver knows better.
             live = driver.get("trials") or {}
             for r in records:
-                if r.status == "pending" and live.get(r.trial_id) == "running":
-                    r.status = "running"
+                if r.status == TrialStatus.PENDING and live.get(r.trial_id) == TrialStatus.RUNNING:
+                    r.status = TrialStatus.RUNNING
     print(progress_line(study, records, 0.0).split("] ", 1)[1])
     if not records:
         print("no trials in the Tune storage yet")

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from metatune.config import parse_config
-from metatune.study.records import TrialRecord, format_params
+from metatune.study.records import TrialRecord, TrialStatus, format_params
 
 __all__ = ["Exported", "best_trials", "export_best", "summary_table"]
 
@@ -31,7 +31,7 @@ def best_trials(records: Sequence[TrialRecord], *, mode: str, top_k: int = 1) ->
     sign = 1.0 if mode == "min" else -1.0
     out: dict[str, list[TrialRecord]] = {}
     for r in records:
-        if r.status == "completed" and r.objective is not None and math.isfinite(r.objective):
+        if r.status == TrialStatus.COMPLETED and r.objective is not None and math.isfinite(r.objective):
             out.setdefault(r.learner, []).append(r)
     return {k: sorted(v, key=lambda r: sign * r.objective)[:top_k] for k, v in out.items()}  # type: ignore[operator]
 
@@ -99,9 +99,9 @@ def summary_table(records: Sequence[TrialRecord], *, metric: str, mode: str, lea
             (
                 learner,
                 str(len(mine)),
-                str(sum(r.status in ("completed", "stopped") for r in mine)),
-                str(sum(r.status == "diverged" for r in mine)),
-                str(sum(r.status == "error" for r in mine)),
+                str(sum(r.status in (TrialStatus.COMPLETED, TrialStatus.STOPPED) for r in mine)),
+                str(sum(r.status == TrialStatus.DIVERGED for r in mine)),
+                str(sum(r.status == TrialStatus.ERROR for r in mine)),
                 f"{b.objective:.4g}" if b and b.objective is not None else "-",
                 f"{b.test_loss:.4g} ± {b.test_loss_ci95 or 0:.2g}" if b and b.test_loss is not None else "-",
                 format_params(b) if b else "-",

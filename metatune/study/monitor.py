@@ -1,45 +1,33 @@
 """Live view of a running study: progress lines (running / done / diverged, best so far), a
-``status.json`` in the study folder for ``metatune status``, and refreshed views (MLflow,
-Parquet, table) each time a trial finishes. Driven by the Tune callback in ``_ray``."""
+the study folder's status file (:mod:`.status_file`) for ``metatune status``, and refreshed
+views (MLflow, Parquet, table) each time a trial finishes. Driven by the Tune callback in
+``_ray``."""
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from metatune.study.records import TrialRecord, format_params
+from metatune.study.records import FINISHED, TrialRecord, TrialStatus, format_params
 from metatune.study.report import Views
-from metatune.study.spec import Study
+from metatune.study.resolved import Study
+from metatune.study.status_file import best_record, write_status
 
 __all__ = ["StudyMonitor", "format_params", "progress_line"]  # format_params re-exported from records
 
-STATUS_FILE = "status.json"
-
-
-def _best(records: Sequence[TrialRecord], mode: str) -> TrialRecord | None:
-    done = [r for r in records if r.status == "completed" and r.objective is not None]
-    if not done:
-        return None
-    return (min if mode == "min" else max)(done, key=lambda r: r.objective)  # type: ignore[arg-type,return-value]
-
 
 def progress_line(study: Study, records: Sequence[TrialRecord], elapsed_s: float) -> str:
-    n = {
-        s: sum(r.status == s for r in records)
-        for s in ("running", "completed", "diverged", "stopped", "error")
-    }
-    finished = n["completed"] + n["diverged"] + n["stopped"] + n["error"]
+    n = {s: sum(r.status == s for r in records) for s in TrialStatus}
+    finished = sum(n[s] for s in FINISHED)
     mins, secs = divmod(int(elapsed_s), 60)
     line = (
-        f"[{mins:02d}:{secs:02d}] trials: {n['running']} running, {finished}/{study.num_trials} done "
-        f"({n['completed']} completed, {n['diverged']} diverged, {n['stopped']} stopped, {n['error']} failed)"
+        f"[{mins:02d}:{secs:02d}] trials: {n[TrialStatus.RUNNING]} running, {finished}/{study.num_trials} done "
+        f"({n[TrialStatus.COMPLETED]} completed, {n[TrialStatus.DIVERGED]} diverged, "
+        f"{n[TrialStatus.STOPPED]} stopped, {n[TrialStatus.ERROR]} failed)"
     )
-    best = _best(records, study.mode)
+    best = best_record(records, study.mode)
     if best is not None:
         line += f" | best {study.metric} {best.objective:.4g} ({best.name}: {format_params(best)})"
     return line
@@ -63,34 +51,16 @@ class StudyMonitor:
         print(text, file=self.out, flush=True)
 
     def write_status(self, state: str) -> None:
-        records = list(self.records.values())
-        best = _best(records, self.study.mode)
-        data = {
-            "study": self.study.name,
-            "state": state,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "updated": time.time(),
-            "trials_planned": self.study.num_trials,
-            "counts": {
-                s: sum(r.status == s for r in records)
-                for s in ("pending", "running", "completed", "diverged", "stopped", "error")
-            },
-            "best": None
-            if best is None
-            else {
-                "trial_id": best.trial_id,
-                "learner": best.learner,
-                self.study.metric: best.objective,
-                "params": best.params,
-            },
-            "mlflow_errors": self.views.mlflow_errors,
-            "trials": {r.trial_id: r.status for r in records},
-        }
-        path = self.study.dir / STATUS_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, default=str))
-        os.replace(tmp, path)
+        write_status(
+            self.study.dir,
+            study=self.study.name,
+            state=state,
+            metric=self.study.metric,
+            mode=self.study.mode,
+            trials_planned=self.study.num_trials,
+            records=list(self.records.values()),
+            mlflow_errors=self.views.mlflow_errors,
+        )
 
     # ------------------------------------------------------------------ events from Tune
     def trial_result(self, record: TrialRecord, metrics: dict[str, Any]) -> None:
@@ -112,20 +82,20 @@ class StudyMonitor:
     def describe(self, r: TrialRecord) -> str:
         where = f"{r.name} ({format_params(r)})"
         wall = f" in {r.wall_time_s:.0f} s" if r.wall_time_s else ""
-        if r.status == "completed":
+        if r.status == TrialStatus.COMPLETED:
             test = (
                 f", test loss {r.test_loss:.4g} ± {r.test_loss_ci95 or 0:.2g}"
                 if r.test_loss is not None
                 else ""
             )
             return f"done {where}{wall}: {self.study.metric} {r.objective:.4g}{test}"
-        if r.status == "diverged":
+        if r.status == TrialStatus.DIVERGED:
             return (
                 f"DIVERGED {where} at iteration {r.diverged_at} (last finite loss "
                 f"{r.last_finite_loss if r.last_finite_loss is None else f'{r.last_finite_loss:.4g}'}); "
                 f"reported {self.study.metric} = {self.study.penalty:g}"
             )
-        if r.status == "stopped":
+        if r.status == TrialStatus.STOPPED:
             return (
                 f"stopped {where} by the scheduler at iteration {r.iteration}: "
                 f"{self.study.metric} {r.objective}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from metatune.study.records import TrialRecord
+from metatune.study.records import TrialRecord, TrialStatus
 from metatune.study.table import StudyTable
 
 __all__ = ["study_plot", "trial_plot"]
@@ -39,11 +39,11 @@ def study_plot(table: StudyTable, path: str | Path, *, title: str = "") -> Path:
         xs, ys, es, dx = [], [], [], []
         for row in xs_all:
             c = table.cell(row, learner)
-            if c.mean is not None and c.status == "completed":
+            if c.mean is not None and c.status == TrialStatus.COMPLETED:
                 xs.append(positions[_k(row)])
                 ys.append(c.mean)
                 es.append(c.ci95 or 0.0)
-            elif c.status == "diverged":
+            elif c.status == TrialStatus.DIVERGED:
                 dx.append(positions[_k(row)])
         if xs:
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=color, label=learner)

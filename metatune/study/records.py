@@ -10,12 +10,61 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
-__all__ = ["TrialRecord", "final_payload", "finite", "format_params", "intermediate_payload", "record_from_tune"]
+from metatune.study.param_names import LEARNER_KEY, branch_name, short_name
 
+__all__ = [
+    "FINISHED",
+    "OUTCOME",
+    "TEST_ACCURACY",
+    "TEST_LOSS",
+    "VAL_ACCURACY",
+    "VAL_LOSS",
+    "TrialRecord",
+    "TrialStatus",
+    "TuneStatus",
+    "final_payload",
+    "finite",
+    "format_params",
+    "intermediate_payload",
+    "record_from_tune",
+]
+
+#: Metric names: the study objective is one of the val_* ones, the table shows a test_* one.
+VAL_LOSS = "val_loss"
+VAL_ACCURACY = "val_accuracy"
+TEST_LOSS = "test_loss"
+TEST_ACCURACY = "test_accuracy"
 #: Key of the final report that says how training ended ("completed" | "diverged").
 OUTCOME = "outcome"
+
+
+class TrialStatus(StrEnum):
+    """How a trial stands in every view (a str: files and MLflow tags keep the plain words)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    DIVERGED = "diverged"
+    #: Stopped early by the scheduler (ASHA).
+    STOPPED = "stopped"
+    ERROR = "error"
+
+
+#: The statuses a trial ends in.
+FINISHED = (TrialStatus.COMPLETED, TrialStatus.DIVERGED, TrialStatus.STOPPED, TrialStatus.ERROR)
+
+
+class TuneStatus(StrEnum):
+    """Ray Tune's trial statuses, as Tune stores them."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    PAUSED = "PAUSED"
+    TERMINATED = "TERMINATED"
+    ERROR = "ERROR"
 
 
 def finite(value: Any) -> float | None:
@@ -53,7 +102,7 @@ def final_payload(
 ) -> dict[str, Any]:
     """The last report of a trial, from ``TrainResult.to_dict()`` and a final validation."""
     status = result["status"]
-    diverged = status == "diverged"
+    diverged = status == TrialStatus.DIVERGED
     out: dict[str, Any] = {
         OUTCOME: status,
         "diverged": 1.0 if diverged else 0.0,
@@ -96,14 +145,14 @@ def final_payload(
             curves["accuracy_by_shots"] = [
                 finite((by_shots[k].get("accuracy") or {}).get("mean")) for k in shots
             ]
-            out["test_accuracy"] = finite(main["accuracy"]["mean"])
-            out["test_accuracy_ci95"] = finite(main["accuracy"]["ci95"])
+            out[TEST_ACCURACY] = finite(main["accuracy"]["mean"])
+            out[f"{TEST_ACCURACY}_ci95"] = finite(main["accuracy"]["ci95"])
         scales = sorted(ev["lr_scale_curve"], key=float)
         curves["lr_scales"] = [float(s) for s in scales]
         curves["loss_by_lr_scale"] = [finite(ev["lr_scale_curve"][s]["mean"]) for s in scales]
         curves["loss_by_lr_scale_ci95"] = [finite(ev["lr_scale_curve"][s]["ci95"]) for s in scales]
-        out["test_loss"] = finite(main["loss"]["mean"])
-        out["test_loss_ci95"] = finite(main["loss"]["ci95"])
+        out[TEST_LOSS] = finite(main["loss"]["mean"])
+        out[f"{TEST_LOSS}_ci95"] = finite(main["loss"]["ci95"])
         out["test_nonfinite_tasks"] = int(main["loss"].get("nonfinite", 0))
         out["test_shots"] = int(main["shots"])
         out["test_tasks"] = int(ev["tasks"])
@@ -121,8 +170,7 @@ class TrialRecord:
     params: dict[str, Any]
     #: The run config the trial trained (what ``metatune export`` writes).
     run_config: dict[str, Any]
-    #: pending | running | completed | diverged | stopped (by ASHA) | error
-    status: str
+    status: TrialStatus
     tune_status: str
     objective: float | None = None
     iteration: int | None = None
@@ -146,9 +194,12 @@ class TrialRecord:
     #: The intermediate metrics of the last report (for live views).
     last_metrics: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.status = TrialStatus(self.status)  # a plain word (trial.json, a test) is one too
+
     @property
     def finished(self) -> bool:
-        return self.status in ("completed", "diverged", "stopped", "error")
+        return self.status in FINISHED
 
     @property
     def name(self) -> str:
@@ -156,11 +207,11 @@ class TrialRecord:
 
     def value(self, key: str) -> Any:
         """A table axis: a sampled knob (plain or per-learner name) or a record field."""
-        if key == "learner":
+        if key == LEARNER_KEY:
             return self.learner
         if key in self.params:
             return self.params[key]
-        branch = f"{self.learner}.{key}"
+        branch = branch_name(self.learner, key)
         if branch in self.params:
             return self.params[branch]
         for section in ("learner", "training"):
@@ -188,32 +239,32 @@ def record_from_tune(
     res = dict(last_result or {})
     params = {k: v for k, v in config.items()}
     outcome = res.get(OUTCOME)
-    if tune_status == "ERROR":
-        status = "error"
-    elif outcome in ("completed", "diverged"):
-        status = outcome
-    elif tune_status == "TERMINATED":
-        status = "stopped"
-    elif tune_status in ("RUNNING", "PAUSED"):
-        status = "running"
+    if tune_status == TuneStatus.ERROR:
+        status = TrialStatus.ERROR
+    elif outcome in (TrialStatus.COMPLETED, TrialStatus.DIVERGED):
+        status = TrialStatus(outcome)
+    elif tune_status == TuneStatus.TERMINATED:
+        status = TrialStatus.STOPPED
+    elif tune_status in (TuneStatus.RUNNING, TuneStatus.PAUSED):
+        status = TrialStatus.RUNNING
     else:
-        status = "pending"
-    diverged = status == "diverged"
+        status = TrialStatus.PENDING
+    diverged = status == TrialStatus.DIVERGED
     metrics = {k: float(v) for k, v in res.items() if finite(v) is not None and k not in ("timestamp", "pid")}
     return TrialRecord(
         trial_id=trial_id,
-        learner=str(config.get("learner", run_config.get("learner", {}).get("name", "?"))),
+        learner=str(config.get(LEARNER_KEY, run_config.get("learner", {}).get("name", "?"))),
         params=params,
         run_config=dict(run_config),
         status=status,
         tune_status=tune_status,
         objective=finite(res.get(metric)),
         iteration=int(res["iteration"]) if finite(res.get("iteration")) is not None else None,
-        val_loss=None if diverged or res.get("val_nonfinite") else finite(res.get("val_loss")),
-        test_loss=finite(res.get("test_loss")),
-        test_loss_ci95=finite(res.get("test_loss_ci95")),
-        test_accuracy=finite(res.get("test_accuracy")),
-        test_accuracy_ci95=finite(res.get("test_accuracy_ci95")),
+        val_loss=None if diverged or res.get("val_nonfinite") else finite(res.get(VAL_LOSS)),
+        test_loss=finite(res.get(TEST_LOSS)),
+        test_loss_ci95=finite(res.get(f"{TEST_LOSS}_ci95")),
+        test_accuracy=finite(res.get(TEST_ACCURACY)),
+        test_accuracy_ci95=finite(res.get(f"{TEST_ACCURACY}_ci95")),
         diverged_at=int(res["diverged_at"]) if res.get("diverged_at") is not None else None,
         last_finite_loss=finite(res.get("last_finite_loss")),
         wall_time_s=finite(res.get("wall_time_s")) or finite(res.get("time_total_s")),
@@ -235,8 +286,8 @@ def format_params(record: TrialRecord) -> str:
     """The searched hyperparameters of a trial, short (learner prefix and name dropped)."""
     parts = []
     for k, v in record.params.items():
-        if k == "learner":
+        if k == LEARNER_KEY:
             continue
-        k = k.split(".", 1)[1] if k.startswith(f"{record.learner}.") else k
+        k = short_name(k, record.learner)
         parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
     return ", ".join(parts)

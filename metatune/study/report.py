@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,9 +19,10 @@ import yaml
 from metatune.study._mlflow import redact_uri
 from metatune.study.export import trainable_config
 from metatune.study.published import PUBLISHED
-from metatune.study.records import TrialRecord
+from metatune.study.records import FINISHED, TrialRecord, TrialStatus
+from metatune.study.resolved import Study
 from metatune.study.results import write_trials
-from metatune.study.spec import Study
+from metatune.study.status_file import driver_running
 from metatune.study.table import StudyTable, build_table
 
 __all__ = ["Views", "rebuild", "study_table"]
@@ -206,10 +205,10 @@ def _same_status(path: Path, record: TrialRecord) -> bool:
 
 
 def _counts(records: Sequence[TrialRecord]) -> dict[str, float]:
-    c = {k: 0.0 for k in ("pending", "running", "completed", "diverged", "stopped", "error")}
+    c = {s.value: 0.0 for s in TrialStatus}
     for r in records:
-        c[r.status] = c.get(r.status, 0.0) + 1
-    c["finished"] = c["completed"] + c["diverged"] + c["stopped"] + c["error"]
+        c[r.status.value] = c.get(r.status.value, 0.0) + 1
+    c["finished"] = sum(c[s.value] for s in FINISHED)
     return c
 
 
@@ -224,28 +223,6 @@ def rebuild(
     files = views.refresh_study(records)
     if all(r.finished for r in records) and records:
         views.finish("FINISHED", records)
-    elif not driver_running(study):
+    elif not driver_running(study.dir):
         views.finish("KILLED", records)  # an interrupted study: nothing stays RUNNING
     return views, files
-
-
-def driver_running(study: Study) -> bool:
-    """Whether a driver is running this study now (its status file, and its process when it
-    runs on this host), so a rebuild leaves a live study's runs as they are."""
-    from metatune.study.monitor import STATUS_FILE
-
-    try:
-        status = json.loads((study.dir / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    if status.get("state") != "running":
-        return False
-    if status.get("host") == socket.gethostname():
-        try:
-            os.kill(int(status["pid"]), 0)
-        except (ProcessLookupError, KeyError, ValueError, TypeError):
-            return False
-        except PermissionError:
-            return True
-        return True
-    return time.time() - float(status.get("updated", 0)) < 120

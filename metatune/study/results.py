@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metatune.errors import CheckpointError
-from metatune.study.records import TrialRecord
+from metatune.study.records import TrialRecord, TrialStatus
 
 __all__ = ["read_trials", "trials_table", "write_trials"]
 
@@ -77,8 +77,10 @@ def trials_table(records: Sequence[TrialRecord], *, study: str = "", metric: str
         values = [getattr(r, name) for r in records]
         if typ == pa.int64():
             values = [None if v is None else int(v) for v in values]
+        elif typ == pa.string():
+            values = [None if v is None else str(v) for v in values]  # a TrialStatus as its word
         cols[name] = pa.array(values, type=typ)
-    cols["diverged"] = pa.array([r.status == "diverged" for r in records], type=pa.bool_())
+    cols["diverged"] = pa.array([r.status == TrialStatus.DIVERGED for r in records], type=pa.bool_())
     names: list[str] = []
     for r in records:
         for k in r.params:

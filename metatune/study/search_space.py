@@ -33,6 +33,7 @@ from typing import Any, Literal
 from metatune._fields import build
 from metatune.errors import ConfigError
 from metatune.learners import LEARNERS, HyperParameter
+from metatune.study.param_names import LEARNER_KEY, branch_learner, branch_name, split_trial_name
 
 __all__ = ["TRAINING_KNOBS", "Param", "SearchSpace", "parse_search_space", "split_trial_name"]
 
@@ -132,13 +133,13 @@ class SearchSpace:
 
     def __call__(self, trial: Any) -> dict[str, Any] | None:
         if len(self.learners) > 1:
-            learner = trial.suggest_categorical("learner", list(self.learners))
+            learner = trial.suggest_categorical(LEARNER_KEY, list(self.learners))
         else:
             learner = self.learners[0]
         for p in self.params:
             if learner in p.learners:
                 p.suggest(trial)
-        return {"learner": learner} if len(self.learners) == 1 else None
+        return {LEARNER_KEY: learner} if len(self.learners) == 1 else None
 
     def for_learner(self, learner: str) -> list[Param]:
         return [p for p in self.params if learner in p.learners]
@@ -151,7 +152,7 @@ class SearchSpace:
         """Axes for Optuna's GridSampler (the learner is one when there are several)."""
         axes: dict[str, list[Any]] = {}
         if len(self.learners) > 1:
-            axes["learner"] = list(self.learners)
+            axes[LEARNER_KEY] = list(self.learners)
         for p in self.params:
             axes[p.name] = list(p.choices)
         return axes
@@ -165,7 +166,7 @@ class SearchSpace:
         for name, values in self.grid().items():
             points = [{**pt, name: v} for pt in points for v in values]
         if len(self.learners) == 1:
-            points = [{"learner": self.learners[0], **pt} for pt in points]
+            points = [{LEARNER_KEY: self.learners[0], **pt} for pt in points]
         return points
 
     def corners(self) -> list[dict[str, Any]]:
@@ -173,7 +174,7 @@ class SearchSpace:
         out = []
         for learner in self.learners:
             for pick in (0, -1):
-                cfg: dict[str, Any] = {"learner": learner}
+                cfg: dict[str, Any] = {LEARNER_KEY: learner}
                 for p in self.for_learner(learner):
                     if p.kind == "categorical":
                         cfg[p.name] = p.choices[pick]
@@ -201,19 +202,13 @@ class SearchSpace:
             if p.name == p.knob:
                 shared[p.knob] = body
             else:
-                per.setdefault(p.name.split(".", 1)[0], {})[p.knob] = body
+                per.setdefault(branch_learner(p.name) or p.learners[0], {})[p.knob] = body
         out: dict[str, Any] = {"params": shared}
         if per:
             out["per_learner"] = per
         if self.description:
             out["description"] = self.description
         return out
-
-
-def split_trial_name(name: str, learner: str) -> str:
-    """``mtnet.inner_lr`` -> ``inner_lr`` for the mtnet branch; plain names unchanged."""
-    prefix = f"{learner}."
-    return name[len(prefix) :] if name.startswith(prefix) else name
 
 
 def _declared(learner: str) -> dict[str, HyperParameter]:
@@ -324,7 +319,7 @@ def parse_search_space(
                         f"expected one of: {', '.join(sorted(declared))}",
                     )
                 params.append(
-                    _param(f"{learner}.{knob}", knob, [learner], raw, declared[knob], f"{field_}.{knob}")
+                    _param(branch_name(learner, knob), knob, [learner], raw, declared[knob], f"{field_}.{knob}")
                 )
                 overridden.setdefault(knob, set()).add(learner)
         shared: list[Param] = []

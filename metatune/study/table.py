@@ -13,10 +13,10 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from metatune.study.published import PublishedTable
-from metatune.study.records import TrialRecord
+from metatune.study.records import TrialRecord, TrialStatus
 
 __all__ = ["Cell", "StudyTable", "build_table"]
 
@@ -27,17 +27,17 @@ class Cell:
     learner: str
     mean: float | None = None
     ci95: float | None = None
-    #: completed | diverged | stopped | error | running | pending | empty
-    status: str = "empty"
+    #: The status of the trial shown, or "empty" when the cell has none.
+    status: TrialStatus | Literal["empty"] = "empty"
     trials: int = 0
     trial_id: str | None = None
     published: tuple[float, float] | None = None
 
     def text(self) -> str:
-        if self.status == "diverged":
-            return "diverged"
+        if self.status == TrialStatus.DIVERGED:
+            return TrialStatus.DIVERGED.value
         if self.mean is None:
-            return {"empty": "", "completed": "n/a"}.get(self.status, self.status)
+            return {"empty": "", TrialStatus.COMPLETED.value: "n/a"}.get(self.status, str(self.status))
         ci = f" ± {_fmt_value(self.ci95)}" if self.ci95 is not None else ""
         return f"{_fmt_value(self.mean)}{ci}"
 
@@ -170,17 +170,23 @@ def build_table(
             cell = Cell(row, learner, trials=len(trials))
             if published is not None and rows != "best":
                 cell.published = published.get(row, learner)
-            done = [t for t in trials if t.status == "completed"]
+            done = [t for t in trials if t.status == TrialStatus.COMPLETED]
             if done:
                 best = min(
                     done, key=lambda t: sign * (t.objective if t.objective is not None else math.inf * sign)
                 )
                 cell.mean, cell.ci95 = getattr(best, value), getattr(best, ci_key)
-                cell.status, cell.trial_id = "completed", best.trial_id
+                cell.status, cell.trial_id = TrialStatus.COMPLETED, best.trial_id
                 if cell.mean is None and best.curves.get("loss_by_shots"):
-                    cell.status = "diverged"  # finished, but the test inner loop blew up
+                    cell.status = TrialStatus.DIVERGED  # finished, but the test inner loop blew up
             elif trials:
-                order = ["diverged", "stopped", "error", "running", "pending"]
+                order = [
+                    TrialStatus.DIVERGED,
+                    TrialStatus.STOPPED,
+                    TrialStatus.ERROR,
+                    TrialStatus.RUNNING,
+                    TrialStatus.PENDING,
+                ]
                 statuses = {t.status for t in trials}
                 cell.status = next((s for s in order if s in statuses), "empty")
                 first = next(t for t in trials if t.status == cell.status)

@@ -1,0 +1,83 @@
+"""The trainable: one Tune trial trains one run config, reporting at each validation.
+
+The worker receives the study's trial plan (never the study file) and builds only the run
+config of its own trial."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from metatune.study._ray.storage import store_final, stored_final
+from metatune.study.plan import TrialPlan
+from metatune.study.records import VAL_ACCURACY, VAL_LOSS, TrialStatus, final_payload, intermediate_payload
+from metatune.study.resolved import Study
+
+__all__ = ["make_trainable", "run_trial"]
+
+
+def run_trial(plan: TrialPlan, config: dict[str, Any]) -> None:
+    """Train one trial (inside a Tune worker)."""
+    from metatune.config import parse_config
+    from metatune.trial import CHECKPOINT_FILE, Trainer, to_json
+
+    if os.path.isdir(plan.workdir):
+        os.chdir(plan.workdir)  # relative task paths resolve as in the driver
+    components = parse_config(plan.run_config_for(config))
+    stored = stored_final()
+    if stored is not None:
+        # The trial had finished, but the driver died before Tune's experiment snapshot
+        # recorded it (or even before the final result reached the driver): report the stored
+        # outcome again instead of training again.
+        tune.report({**stored, "replayed": 1.0})
+        return
+    checkpoint = tune.get_checkpoint()
+    trainer = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            trainer = Trainer.restore(Path(d) / CHECKPOINT_FILE, components)
+    if trainer is None:
+        trainer = Trainer(components)
+
+    def report(metrics: dict[str, float], tr: Trainer) -> None:
+        if tr.iteration >= components.config.training.iterations:
+            # The final report below carries this validation. Sent twice, ASHA would stop the
+            # trial at max_t before its test evaluation arrives.
+            return
+        payload = intermediate_payload(metrics, metric=plan.metric, penalty=plan.penalty)
+        with tempfile.TemporaryDirectory(prefix="metatune-ckpt-") as d:
+            tr.save(Path(d) / CHECKPOINT_FILE)
+            tune.report(payload, checkpoint=tune.Checkpoint.from_directory(d))
+
+    result = trainer.train(report=report)
+    validation = None
+    if result.status == TrialStatus.COMPLETED:
+        last = result.history[-1] if result.history else {}
+        if last.get("iteration") == result.iterations and VAL_LOSS in last:
+            validation = {k: last[k] for k in (VAL_LOSS, f"{VAL_LOSS}_ci95", VAL_ACCURACY) if k in last}
+        else:
+            validation = trainer.validate()
+    payload = final_payload(result.to_dict(), metric=plan.metric, penalty=plan.penalty, validation=validation)
+    # Stored before it is reported: Tune records a trial's end (and its latest checkpoint) only
+    # at its next experiment snapshot, so a driver killed in between would restart the trial
+    # from an earlier checkpoint and train its last stretch again.
+    store_final(to_json(payload))
+    tune.report(payload)
+
+
+def make_trainable(study: Study) -> Any:
+    """The study's trainable with its resources; it carries the trial plan to the workers."""
+    plan = study.plan
+
+    def metatune_trial(config: dict[str, Any]) -> None:
+        run_trial(plan, config)
+
+    res = study.spec.resources
+    resources = {"cpu": res.cpus}
+    if res.gpus:
+        resources["gpu"] = res.gpus
+    return tune.with_resources(metatune_trial, resources)

@@ -1,0 +1,177 @@
+"""The Tuner (searcher + optional scheduler + failure/checkpoint config + storage), restore,
+and starting and stopping Ray.
+
+Traps avoided (shared/docs/ecosystem.md §0): Tune classes come from ``ray.tune`` (never
+``ray.train``); metric/mode are set on both OptunaSearch and TuneConfig (define-by-run); no
+NaN ever reaches Tune, Optuna or ASHA (diverged trials report a finite penalty plus
+``diverged=1``); a private local instance uses ``address="local"``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
+
+from metatune.study._ray.callback import StudyCallback, attach_monitor, detach_monitor
+from metatune.study._ray.searcher import StudyLimiter, StudySearch
+from metatune.study._ray.storage import can_resume, prune_checkpoints
+from metatune.study._ray.trainable import make_trainable
+from metatune.study.param_names import LEARNER_KEY
+from metatune.study.records import TuneStatus
+from metatune.study.resolved import Study
+from metatune.study.schema import TUNE_NAME
+from metatune.study.strategies import SCHEDULERS, make_sampler
+
+if TYPE_CHECKING:
+    from metatune.study.monitor import StudyMonitor
+
+__all__ = ["build_tuner", "init_ray", "run_study", "shutdown_ray"]
+
+#: Tune settings, applied (unless the user set them) before a Tuner starts, never on import.
+_TUNE_ENV = (
+    # Only the loggers we add (no TensorBoard for list-valued results).
+    ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1"),
+    # No warning about frequent experiment snapshots (we keep few checkpoints on purpose).
+    ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"),
+    ("RAY_AIR_NEW_OUTPUT", "0"),
+    # Snapshot the experiment (trial states + searcher) every second instead of Tune's adaptive
+    # 10 s or more: a driver killed with SIGKILL then loses at most a second of bookkeeping, so
+    # a trial that finished is not run again and a started one is not forgotten. Remote
+    # storage still uploads on its own, slower sync period.
+    ("TUNE_GLOBAL_CHECKPOINT_S", "1"),
+)
+
+
+def configure_tune_env() -> None:
+    """Apply _TUNE_ENV; Tune reads these when a Tuner runs, so this runs before ray.init."""
+    for key, value in _TUNE_ENV:
+        os.environ.setdefault(key, value)
+
+
+def _trial_name(trial: Trial) -> str:
+    return f"{(trial.config or {}).get(LEARNER_KEY, 'trial')}-{trial.trial_id}"
+
+
+def _trial_dirname(trial: Trial) -> str:
+    return f"trial-{trial.trial_id}"
+
+
+def _scheduler(study: Study) -> TrialScheduler | None:
+    entry = SCHEDULERS[study.spec.scheduler.name]
+    if entry.ray_class is None:
+        return None
+    module, _, name = entry.ray_class.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    scheduler: TrialScheduler = cls(**entry.options(study.spec))
+    return scheduler
+
+
+def build_tuner(study: Study, trainable: Any) -> tune.Tuner:
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    s = study.spec
+    sampler = make_sampler(
+        s.sampler.name, seed=study.sampler_seed, space=study.space, startup_trials=s.sampler.startup_trials
+    )
+    searcher = StudySearch(
+        space=study.space,
+        metric=study.metric,
+        mode=study.mode,
+        sampler=sampler,
+        points_to_evaluate=study.initial_points or None,
+    )
+    tune_config = tune.TuneConfig(
+        metric=study.metric,
+        mode=study.mode,
+        search_alg=StudyLimiter(searcher, max_concurrent=s.max_concurrent_trials)
+        if s.max_concurrent_trials
+        else searcher,
+        scheduler=_scheduler(study),
+        num_samples=study.num_trials,
+        max_concurrent_trials=None,  # StudyLimiter above
+        trial_name_creator=_trial_name,
+        trial_dirname_creator=_trial_dirname,
+        reuse_actors=True,  # a new trial skips the worker start-up (torch import) when it can
+    )
+    run_config = tune.RunConfig(
+        name=TUNE_NAME,
+        storage_path=study.tune_root,
+        failure_config=tune.FailureConfig(max_failures=s.max_failures),
+        # Tune would delete old checkpoints itself (num_to_keep), but after a killed driver its
+        # restored list can name a folder already deleted, and Tune then fails to register the
+        # new checkpoint (FileNotFoundError). We prune after each driver run instead.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+        callbacks=[StudyCallback(str(study.dir)), JsonLoggerCallback(), CSVLoggerCallback()],
+        verbose=0,
+    )
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def init_ray(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    verbose: bool = False,
+) -> None:
+    """A private local instance (``address="local"``: never a cluster an earlier ``ray start``
+    left behind) unless an address is given."""
+    configure_tune_env()  # before ray.init: the local workers inherit the environment
+    _quiet_libraries(verbose)
+    if ray.is_initialized():
+        return
+    common: dict[str, Any] = dict(
+        include_dashboard=False,
+        log_to_driver=verbose,
+        logging_level=logging.INFO if verbose else logging.WARNING,
+    )
+    if address in (None, "", "local"):
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **common)
+    else:
+        ray.init(address=address, **common)
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    if not verbose:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # Ray logs this when the grid sampler has handed out every point: expected, harmless.
+        logging.getLogger("ray.tune.search.optuna.optuna_search").addFilter(
+            lambda record: "Study.stop" not in record.getMessage()
+        )
+
+
+def shutdown_ray() -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def run_study(study: Study, monitor: StudyMonitor, *, resume: bool = False) -> dict[str, int]:
+    """Run (or resume) the study's Tune experiment to the end. Returns counts of Tune statuses."""
+    configure_tune_env()
+    trainable = make_trainable(study)
+    key = str(study.dir)
+    attach_monitor(key, monitor)
+    try:
+        if resume and can_resume(study):
+            tuner = tune.Tuner.restore(
+                study.tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True
+            )
+        else:
+            tuner = build_tuner(study, trainable)
+        grid = tuner.fit()
+    finally:
+        detach_monitor(key)
+        prune_checkpoints(study)
+    counts: dict[str, int] = {}
+    for res in grid:
+        status = TuneStatus.ERROR if res.error else TuneStatus.TERMINATED
+        counts[status.value] = counts.get(status.value, 0) + 1
+    return counts
