@@ -37,7 +37,7 @@ UNSAFE = {
 }  # fmt: skip
 #: Reviewed uses: (file, enclosing function, call) -> why it is acceptable.
 ALLOWED = {
-    ("metatune/study/_ray.py", "optuna_trials", "pickle.load"): (
+    ("metatune/study/_ray/storage.py", "optuna_trials", "pickle.load"): (
         "Tune's own searcher-state pickle in the study folder; Tune unpickles the same file on "
         "restore, so reading it adds no new trust in the folder"
     ),
