@@ -36,7 +36,8 @@ def _print_eval(result) -> None:  # noqa: ANN001 - TrainResult
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from metatune.config import parse_config, read_yaml
+    from metatune.config import parse_config
+    from metatune.yaml_files import read_yaml
     from metatune.trial import CHECKPOINT_FILE, Trainer, to_json
 
     data = read_yaml(args.config)
@@ -57,7 +58,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer = Trainer.restore(ckpt, components)
         print(f"resuming from {ckpt} at iteration {trainer.iteration}")
     else:
-        trainer = Trainer(components)
+        try:
+            trainer = Trainer(components)
+        except ConfigError as exc:  # settings only the machine can refuse (device: cuda without CUDA)
+            raise exc.with_source(args.config) from None
     print(f"training {cfg.learner['name']} on {cfg.task['name']} for {cfg.training.iterations} iterations "
           f"(seed {cfg.seed}); output in {out}")
     result = trainer.train(checkpoint_dir=out, progress=not args.no_progress)

@@ -20,13 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from metatune._fields import as_plain, build, positive
 from metatune.errors import ConfigError
 from metatune.learners import LEARNERS, Learner
 from metatune.models import Backbone, build_backbone
 from metatune.tasks import TaskDistribution, build_task
+from metatune.yaml_files import read_yaml  # re-exported: callers outside metatune import it from here
 
 __all__ = ["AUTO_COMPILE_MIN_ITERATIONS", "EvaluationConfig", "RunConfig", "TrainingConfig", "Components", "load_config", "read_yaml"]
 
@@ -185,71 +184,6 @@ def parse_config(data: Any, *, source: str | None = None) -> Components:
     except ConfigError as exc:
         raise exc.with_source(source) if source else exc
     return Components(config=config, task=task, backbone=backbone, learner=learner)
-
-
-def read_yaml(path: str | Path) -> Any:
-    """Load a YAML file safely; a missing file or a syntax error is a ConfigError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("<file>", "file not found", source=str(path))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            "<file>", f"not a UTF-8 text file (byte {exc.start}): {exc.reason}", source=str(path)
-        ) from None
-    except OSError as exc:
-        raise ConfigError("<file>", f"cannot read: {exc.strerror or exc}", source=str(path)) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError("<yaml>", f"YAML syntax error{_yaml_problem(exc)}", source=str(path)) from None
-    except RecursionError:  # PyYAML composes nested collections recursively
-        raise ConfigError("<yaml>", "YAML nested too deeply", source=str(path)) from None
-    except (ValueError, TypeError, AttributeError, OverflowError) as exc:
-        # PyYAML's constructors raise these for a malformed typed scalar: a date 2020-13-45, an
-        # integer of 5000 digits, `!!timestamp x`.
-        raise ConfigError("<yaml>", f"YAML value cannot be read: {exc}", source=str(path)) from None
-    if _expands_beyond(data, MAX_YAML_VALUES):
-        raise ConfigError(
-            "<yaml>",
-            f"expands to more than {MAX_YAML_VALUES} values (aliases of aliases, or an alias inside itself)",
-            source=str(path),
-        )
-    return data
-
-
-#: Values a config file may expand to. Nested YAML aliases make a few lines expand to 10^9 values
-#: (or an alias can contain itself); validating or printing such data would hang.
-MAX_YAML_VALUES = 100_000
-
-
-def _expands_beyond(data: Any, limit: int) -> bool:
-    """Whether ``data``, with shared (aliased) nodes counted each time they appear, has more than
-    ``limit`` values; stops counting at the limit."""
-    stack, seen = [data], 0
-    while stack:
-        node = stack.pop()
-        seen += 1
-        if seen > limit:
-            return True
-        if isinstance(node, Mapping):
-            stack.extend(node.keys())
-            stack.extend(node.values())
-        elif isinstance(node, (list, tuple, set)):
-            stack.extend(node)
-    return False
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """' at line L, column C: what' for any PyYAML error; its str() spans several lines."""
-    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow (NUL, ...)
-        char = f" (#x{exc.character:04x})" if isinstance(exc.character, int) else ""
-        return f" at character {exc.position + 1}: {exc.reason}{char}"
-    mark = getattr(exc, "problem_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or "invalid YAML"
-    return f"{where}: {problem}"
 
 
 def load_config(path: str | Path, *, overrides: Mapping[str, Any] | None = None) -> Components:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "CheckpointError", "DivergedError"]
+__all__ = ["ConfigError", "CheckpointError"]
 
 
 class ConfigError(ValueError):
@@ -21,15 +21,3 @@ class ConfigError(ValueError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint or results file is unreadable, truncated or of the wrong kind."""
-
-
-class DivergedError(ArithmeticError):
-    """Raised inside the training loop when the meta-loss stops being finite."""
-
-    def __init__(self, iteration: int, last_finite_loss: float | None) -> None:
-        self.iteration = iteration
-        self.last_finite_loss = last_finite_loss
-        super().__init__(
-            f"meta-loss became non-finite at iteration {iteration} "
-            f"(last finite loss {last_finite_loss})"
-        )

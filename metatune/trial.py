@@ -94,7 +94,7 @@ def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was requested but CUDA is not available here")
+        raise ConfigError("device", "expected a device this machine has: cuda was requested, but CUDA is not available")
     return torch.device(name)
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from metatune.cli import main
@@ -81,6 +82,13 @@ def test_cli_bad_value_exit_2_one_line(tmp_path, capsys):
     assert str(path) in err and "learner.inner_lr" in err
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_cuda_without_cuda_is_one_line(tmp_path, capsys):
+    code, err, path = _cli(tmp_path, yaml.safe_dump({**with_(("training", "iterations"), 2), "device": "cuda"}), capsys)
+    assert code == 2 and err.strip().count("\n") == 0 and "Traceback" not in err
+    assert str(path) in err and "field 'device'" in err and "CUDA is not available" in err
 
 
 def test_cli_yaml_syntax_error(tmp_path, capsys):

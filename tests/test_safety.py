@@ -15,7 +15,7 @@ import yaml
 
 import metatune.study
 from metatune.cli import build_parser, main
-from metatune.config import read_yaml
+from metatune.yaml_files import read_yaml
 from metatune.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
