@@ -50,7 +50,7 @@ def child(args: argparse.Namespace) -> int:
     from metatune.trial import Trainer
 
     cuda = args.device.startswith("cuda")
-    trainer = Trainer({
+    trainer = Trainer.from_config({
         "seed": args.index, "device": args.device, "compile": True, "threads": 1,
         "gpu_memory_fraction": 1.0 / args.copies if cuda else None,
         "task": {"name": "sine", "protocol": "maml", "shots": 10},

@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,11 +114,9 @@ ReportFn = Callable[[dict[str, float], "Trainer"], None]
 class Trainer:
     """Meta-trains one learner; all state (params, Adam, RNG, history) checkpoints and restores."""
 
-    def __init__(self, components: Components | RunConfig | dict[str, Any]) -> None:
-        if isinstance(components, RunConfig):
-            components = parse_config(components.to_dict())
-        elif isinstance(components, dict):
-            components = parse_config(components)
+    def __init__(self, components: Components) -> None:
+        if not isinstance(components, Components):
+            raise TypeError("Trainer takes built Components; use Trainer.from_config for a config or mapping")
         self.components = components
         cfg = components.config
         self.config = cfg
@@ -158,6 +156,12 @@ class Trainer:
             self.learner, self.optimizer, grad_clip=cfg.training.grad_clip, compile=self.compiled
         )
         self._compile_before = COMPILE_STATS.snapshot()
+
+    @classmethod
+    def from_config(cls, config: RunConfig | Mapping[str, Any], *, source: str | None = None) -> "Trainer":
+        """A trainer for a run config or its mapping form (validated; ``source`` names the file in errors)."""
+        data = config.to_dict() if isinstance(config, RunConfig) else config
+        return cls(parse_config(data, source=source))
 
     # ------------------------------------------------------------------ training
     def _step(self) -> tuple[torch.Tensor, torch.Tensor]:

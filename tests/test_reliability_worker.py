@@ -127,7 +127,7 @@ def test_result_equals_an_uninterrupted_run(lost_worker):
 
     trial_id = lost_worker["kills"][0]["trial_id"]
     record = lost_worker["records"][trial_id]
-    reference = Trainer(record.run_config).train()
+    reference = Trainer.from_config(record.run_config).train()
     main = reference.evaluation.by_shots[STUDY["task"]["shots"]]
     assert record.iteration == reference.iterations == STUDY["training"]["iterations"]
     assert record.test_loss == pytest.approx(main.loss.mean, rel=1e-5)

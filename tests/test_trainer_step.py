@@ -75,7 +75,7 @@ def test_parameters_after_every_iteration_equal_the_per_step_loop(grad_clip, lea
     cfg = config(grad_clip=grad_clip)
     if learner is not None:
         cfg["learner"] = learner
-    trainer, ref = Trainer(cfg), Reference(cfg)
+    trainer, ref = Trainer.from_config(cfg), Reference(cfg)
     for it in range(1, 16):
         loss, finite = trainer._step()
         assert ref.step() and bool(finite)
@@ -94,7 +94,7 @@ def test_divergence_is_found_at_its_exact_iteration_between_log_points():
         pass
     assert ref.diverged_at is not None and ref.diverged_at > 1, "the reference run did not diverge"
     assert (ref.diverged_at - 1) % 7 != 0, "not inside a window: the replay path would not run"
-    trainer = Trainer(cfg)
+    trainer = Trainer.from_config(cfg)
     result = trainer.train()
     assert result.status == "diverged"
     assert result.diverged_at == ref.diverged_at
@@ -115,7 +115,7 @@ def test_compiled_training_follows_the_eager_run(learner, training):
     cfg = config(iterations=12, log_every=4, **training)
     if learner is not None:
         cfg["learner"] = learner
-    eager, compiled = Trainer(cfg), Trainer({**cfg, "compile": True})
+    eager, compiled = Trainer.from_config(cfg), Trainer.from_config({**cfg, "compile": True})
     eager.train()
     result = compiled.train()
     assert result.compile["compiled"] is True and result.compile["compile_graphs"] >= 1
@@ -130,11 +130,11 @@ def test_compiled_checkpoint_continues_eager():
     """The compiled step keeps torch's Adam state layout: a checkpoint written by a compiled run
     continues uncompiled exactly where an all-eager run is."""
     cfg = {**config(iterations=12, log_every=4), "learner": MAML}
-    eager, compiled = Trainer(cfg), Trainer({**cfg, "compile": True})
+    eager, compiled = Trainer.from_config(cfg), Trainer.from_config({**cfg, "compile": True})
     for _ in range(6):
         eager._step()
         compiled._step()
-    resumed = Trainer(cfg)
+    resumed = Trainer.from_config(cfg)
     resumed.load_state_dict(compiled.state_dict())
     for _ in range(6):
         eager._step()
@@ -150,13 +150,13 @@ def test_checkpoint_inside_a_task_block_resumes_the_same_batches(learner):
     cfg = config(iterations=40, log_every=10)
     if learner is not None:
         cfg["learner"] = learner
-    whole, first = Trainer(cfg), Trainer(cfg)
+    whole, first = Trainer.from_config(cfg), Trainer.from_config(cfg)
     for _ in range(13):
         whole._step()
         first._step()
     state = first.state_dict()
     assert state["task_block"] == ([3, 10] if learner else [0, 0])
-    second = Trainer(cfg)
+    second = Trainer.from_config(cfg)
     second.load_state_dict(state)
     for _ in range(14):  # through the next log point into a new block
         loss, _ = whole._step()
