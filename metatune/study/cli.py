@@ -8,6 +8,7 @@ that). STUDY is a study folder, a study YAML, or a study name under ./metatune_r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -275,13 +276,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
         str(study.dir / "mlartifacts"),
     ]
     url = f"http://{args.host}:{args.port}"
-    try:
+    with contextlib.suppress(Exception):  # the link is a convenience
         t = _tracker(study)
         parent = t._search(f"tags.`metatune.study` = '{study.name}' and tags.`metatune.role` = 'parent'")
         if parent:
             url += f"/#/experiments/{t.experiment_id()}/runs/{parent[0].info.run_id}"
-    except Exception:  # noqa: BLE001 - the link is a convenience
-        pass
     print(f"MLflow UI for study '{study.name}': {url}\n  ({' '.join(cmd[2:])}; Ctrl-C stops it)", flush=True)
     # The server runs in its own session so that stopping `metatune ui` (Ctrl-C or SIGTERM)
     # stops the server and every helper process it spawned, and nothing else.

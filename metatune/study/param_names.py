@@ -28,7 +28,7 @@ def branch_learner(name: str) -> str | None:
 def split_trial_name(name: str, learner: str) -> str:
     """``mtnet.inner_lr`` -> ``inner_lr`` for the mtnet branch; other names unchanged."""
     prefix = branch_name(learner, "")
-    return name[len(prefix) :] if name.startswith(prefix) else name
+    return name.removeprefix(prefix)
 
 
 def knob_for(name: str, learner: str) -> str | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from metatune.study._mlflow import redact_uri
+from metatune.study._mlflow import Tracker, redact_uri
 from metatune.study.export import trainable_config
 from metatune.study.published import PUBLISHED
 from metatune.study.records import FINISHED, TrialRecord, TrialStatus
@@ -55,7 +55,7 @@ class Views:
     """Writes the local files and (optionally) MLflow. MLflow failures never stop a study: they
     are logged once, MLflow is skipped for a minute, and ``metatune report`` catches up later."""
 
-    def __init__(self, study: Study, *, tracker: Any = None, retry_after_s: float = 60.0) -> None:
+    def __init__(self, study: Study, *, tracker: Tracker | None = None, retry_after_s: float = 60.0) -> None:
         self.study = study
         self.tracker = tracker
         self.retry_after_s = retry_after_s
@@ -175,8 +175,10 @@ class Views:
         if s.spec.description:
             lines += [s.spec.description.strip(), ""]
         lines += [
-            f"- learners: {', '.join(s.learners)}; sampler {s.spec.sampler.name}; {s.num_trials} trials; "
-            f"objective {s.metric} ({s.mode})",
+            (
+                f"- learners: {', '.join(s.learners)}; sampler {s.spec.sampler.name}; "
+                f"{s.num_trials} trials; objective {s.metric} ({s.mode})"
+            ),
             f"- study folder: `{s.dir}`; Tune experiment: `{s.tune_path}`",
             f"- every trial: `{s.parquet_path}`; best configs: `{s.best_dir}/`",
         ]
@@ -213,7 +215,7 @@ def _counts(records: Sequence[TrialRecord]) -> dict[str, float]:
 
 
 def rebuild(
-    study: Study, records: Sequence[TrialRecord], *, tracker: Any = None
+    study: Study, records: Sequence[TrialRecord], *, tracker: Tracker | None = None
 ) -> tuple[Views, dict[str, Path]]:
     """Rewrite every view from the records read out of Tune storage."""
     views = Views(study, tracker=tracker, retry_after_s=0.0)

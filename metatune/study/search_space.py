@@ -15,8 +15,8 @@ grid:                              # (alternative) grid axes, for sampler: grid
 
 A parameter under ``params`` keeps its plain name (``inner_lr``); one under
 ``per_learner.L`` is named ``L.knob`` (``mtnet.inner_lr``), so a branch whose range differs
-never shares an Optuna distribution with another (a changed range silently degrades TPE).
-``{grid: [...]}`` makes a grid axis for the grid sampler. Knob names are checked against
+never shares an Optuna distribution with another (a changed range silently degrades TPE);
+:mod:`metatune.study.param_names` owns that rule. ``{grid: [...]}`` makes a grid axis for the grid sampler. Knob names are checked against
 each learner's declared hyperparameters; ``outer_lr``, ``meta_batch`` and ``grad_clip`` are
 training-level and allowed for every learner. The define-by-run function does no work
 beyond ``suggest_*`` calls (Ray warns if it is slow).

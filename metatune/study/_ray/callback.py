@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ray import tune
 from ray.tune.experiment import Trial
 
-from metatune.study.records import TuneStatus
 from metatune.study._ray.storage import mark_error
 from metatune.study._ray.trials import record, records
+from metatune.study.records import TuneStatus
 
 if TYPE_CHECKING:
     from metatune.study.monitor import StudyMonitor
@@ -43,7 +43,7 @@ def _guarded(method: F) -> F:
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
         try:
             method(self, *args, **kwargs)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception(
                 "metatune: updating the study views failed (the study goes on; "
                 "`metatune report` rebuilds them)"

@@ -183,7 +183,7 @@ def optuna_trials(study: Study) -> list[optuna.trial.FrozenTrial]:
     if not states:
         return []
     with open(states[-1], "rb") as f:
-        state = pickle.load(f)  # noqa: S301 - written by Tune for this study, like its own restore
+        state = pickle.load(f)
     ot_study = saved_optuna_study(state)
     return list(ot_study.trials) if ot_study is not None else []
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,10 @@ from metatune.study.plan import TrialPlan
 from metatune.study.records import VAL_ACCURACY, VAL_LOSS, TrialStatus, final_payload, intermediate_payload
 from metatune.study.resolved import Study
 
-__all__ = ["make_trainable", "run_trial"]
+__all__ = ["StudyTrainable", "make_trainable", "run_trial"]
+
+#: What Tune runs: the trial function with its resources attached.
+StudyTrainable = type[tune.Trainable] | Callable[[dict[str, Any]], None]
 
 
 def run_trial(plan: TrialPlan, config: dict[str, Any]) -> None:
@@ -69,7 +73,7 @@ def run_trial(plan: TrialPlan, config: dict[str, Any]) -> None:
     tune.report(payload)
 
 
-def make_trainable(study: Study) -> Any:
+def make_trainable(study: Study) -> StudyTrainable:
     """The study's trainable with its resources; it carries the trial plan to the workers."""
     plan = study.plan
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,10 @@ import ray
 from ray.tune.experiment import Trial
 
 from metatune.errors import ConfigError
+from metatune.study._ray.storage import error_marker, local_trial_dir, snapshot_trials
 from metatune.study.param_names import LEARNER_KEY
 from metatune.study.records import TrialRecord, TuneStatus, record_from_tune
 from metatune.study.resolved import Study
-from metatune.study._ray.storage import error_marker, local_trial_dir, snapshot_trials
 
 __all__ = ["read_records", "record", "records"]
 
@@ -28,10 +29,9 @@ def _error_text(trial: Trial) -> str | None:
     if d is not None and name:
         candidates.append(d / name)
     if ray.is_initialized():
-        try:
+        # A missing staging dir just means no text.
+        with contextlib.suppress(Exception):
             candidates.append(trial.error_file)
-        except Exception:  # noqa: BLE001 - a missing staging dir just means no text
-            pass
     for path in candidates:
         try:
             text = Path(path).read_text(errors="replace").strip()
@@ -58,11 +58,15 @@ def record(
     num_failures = int(getattr(md, "num_failures", 0) or 0)
     error = _error_text(trial) if tune_status == TuneStatus.ERROR else None
     marker = error_marker(trial)
-    if status is None and tune_status not in (TuneStatus.TERMINATED, TuneStatus.ERROR) and marker:
-        # Tune's snapshot can be stale for a trial whose worker died (see storage.mark_error).
-        if marker["time"] >= float(getattr(md, "last_result_time", 0) or 0):
-            tune_status, error = TuneStatus.ERROR, marker["error"]
-            num_failures = max(num_failures, int(marker["num_failures"]))
+    # Tune's snapshot can be stale for a trial whose worker died (see storage.mark_error).
+    if (
+        status is None
+        and tune_status not in (TuneStatus.TERMINATED, TuneStatus.ERROR)
+        and marker
+        and marker["time"] >= float(getattr(md, "last_result_time", 0) or 0)
+    ):
+        tune_status, error = TuneStatus.ERROR, marker["error"]
+        num_failures = max(num_failures, int(marker["num_failures"]))
     return record_from_tune(
         trial.trial_id,
         config,

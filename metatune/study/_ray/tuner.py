@@ -23,7 +23,7 @@ from ray.tune.schedulers import TrialScheduler
 from metatune.study._ray.callback import StudyCallback, attach_monitor, detach_monitor
 from metatune.study._ray.searcher import StudyLimiter, StudySearch
 from metatune.study._ray.storage import can_resume, prune_checkpoints
-from metatune.study._ray.trainable import make_trainable
+from metatune.study._ray.trainable import StudyTrainable, make_trainable
 from metatune.study.param_names import LEARNER_KEY
 from metatune.study.records import TuneStatus
 from metatune.study.resolved import Study
@@ -74,7 +74,7 @@ def _scheduler(study: Study) -> TrialScheduler | None:
     return scheduler
 
 
-def build_tuner(study: Study, trainable: Any) -> tune.Tuner:
+def build_tuner(study: Study, trainable: StudyTrainable) -> tune.Tuner:
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     s = study.spec
@@ -128,11 +128,11 @@ def init_ray(
     _quiet_libraries(verbose)
     if ray.is_initialized():
         return
-    common: dict[str, Any] = dict(
-        include_dashboard=False,
-        log_to_driver=verbose,
-        logging_level=logging.INFO if verbose else logging.WARNING,
-    )
+    common: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": verbose,
+        "logging_level": logging.INFO if verbose else logging.WARNING,
+    }
     if address in (None, "", "local"):
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **common)
     else:
