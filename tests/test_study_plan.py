@@ -92,7 +92,7 @@ def test_study_modules_stay_small_and_status_file_has_one_owner():
     writers = [
         p.relative_to(ROOT).as_posix()
         for p in study_dir.rglob("*.py")
-        if "status.json" in p.read_text() or "STATUS_FILE" in p.read_text()
+        if '"status.json"' in p.read_text() or "STATUS_FILE" in p.read_text()
     ]
     assert writers == ["metatune/study/status_file.py"]
     # Only the Ray adapter imports Ray.
