@@ -72,6 +72,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_learners(args: argparse.Namespace) -> int:
+    from metatune.learner_table import learner_rows, markdown_table, plain_table
+
+    rows = learner_rows(args.names or None)
+    print(markdown_table(rows) if args.markdown else plain_table(rows), end="")
+    return 0
+
+
 def one_line(text: str) -> str:
     """``text`` with non-printable characters (newlines, tabs, NUL, ...) as Python escapes: an
     error is one line even when the file's keys or values hold such characters."""
@@ -92,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in the results folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("learners", help="print every learner's settings: default, valid range, search range, symbol")
+    p.add_argument("names", nargs="*", help="only these learners (default: all, plugins included)")
+    p.add_argument("--markdown", action="store_true", help="a Markdown table (the one in docs/learners.md)")
+    p.set_defaults(func=cmd_learners)
 
     from metatune.study.cli import register_commands
 
