@@ -10,7 +10,7 @@ import pytest
 from contract_settings import settings_for
 from reference import REFERENCES
 from metatune.learners import LEARNERS, is_shipped
-from metatune.testing import LearnerCase
+from metatune.testing import LearnerCase, meta_gradients
 from metatune.testing.pytest_learners import LearnerContractTests
 
 # Plugins installed in this environment bring their own contract tests.
@@ -22,6 +22,11 @@ def case_for(name: str) -> LearnerCase:
     return LearnerCase(
         learner=name, reference=REFERENCES[name], task=s["task"], model=s["model"], hparams=s["hparams"],
     )
+
+
+def gradients(name: str, steps: int, first_order: bool):
+    """(loss, grads, reference loss, reference grads) of a shipped learner (test_mtnet reads zeta's)."""
+    return meta_gradients(case_for(name), steps=steps, first_order=first_order)
 
 
 def test_every_learner_has_a_reference():

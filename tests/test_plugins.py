@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+import metatune
 from readme_blocks import file_block
 
 ENTRY_POINTS = """\
@@ -32,10 +34,11 @@ line = anil_plugin.line
 # The package records every process that imports it, to show the Ray workers loaded it too.
 INIT = """\
 import os
+import sys
 
 if os.environ.get("ANIL_PLUGIN_LOG"):
     with open(os.environ["ANIL_PLUGIN_LOG"], "a") as log:
-        log.write(f"{os.getpid()}\\n")
+        log.write(f"{os.getpid()} {sys.argv[0] if sys.argv else ''}\\n")
 """
 
 
@@ -90,6 +93,33 @@ print(json.dumps({"before": before, "after_shipped": after_shipped, "learners": 
     assert seen["anil_shipped"] is False and seen["maml_shipped"] is True
 
 
+def test_one_file_in_the_package_folders_registers_itself(tmp_path):
+    """The README's files dropped into a copy of metatune's own learners/ and tasks/ folders
+    register with no other edit (no circular import), and count as metatune's own learners."""
+    copy = tmp_path / "copy"
+    shutil.copytree(Path(metatune.__file__).parent, copy / "metatune", ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "metatune" / "learners" / "anil.py").write_text(file_block("anil.py"))
+    (copy / "metatune" / "tasks" / "line.py").write_text(file_block("line.py"))
+    probe = """
+import json, metatune
+from metatune.learners import LEARNERS, is_shipped
+from metatune.tasks import TASKS
+print(json.dumps({"file": metatune.__file__, "learners": sorted(LEARNERS.registered()),
+                  "tasks": sorted(TASKS.registered()), "anil_shipped": is_shipped(LEARNERS.get("anil"))}))
+"""
+    out = run(["-c", probe], plugin_root=copy, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["file"] == str(copy / "metatune" / "__init__.py")
+    assert "anil" in seen["learners"] and "line" in seen["tasks"] and seen["anil_shipped"] is True
+    # the shipped registrations are unchanged
+    from metatune.learners import LEARNERS
+    from metatune.tasks import TASKS
+
+    assert sorted(set(seen["learners"]) - {"anil"}) == sorted(LEARNERS.registered())
+    assert sorted(set(seen["tasks"]) - {"line"}) == sorted(TASKS.registered())
+
+
 def train_config(tmp_path: Path) -> Path:
     config = tmp_path / "anil_line.yaml"
     config.write_text(yaml.safe_dump({
@@ -133,7 +163,7 @@ def test_a_study_uses_the_plugin_in_its_ray_workers(plugin, tmp_path):
         "name": "plugin_study", "seed": 0, "task": {"name": "line", "shots": 5},
         "model": {"name": "mlp", "hidden": [8, 8]}, "learners": ["anil"],
         "search_space": {"params": {"inner_lr": {"low": 0.01, "high": 0.5, "log": True}}},
-        "trials": 2, "max_concurrent_trials": 2, "resources": {"cpus": 1}, "compile": False,
+        "trials": 2, "max_concurrent_trials": 2, "resources": {"cpus": 1}, "run": {"compile": False},
         "training": {"iterations": 10, "meta_batch": 2, "eval_every": 5, "log_every": 5, "val_tasks": 5,
                      "checkpoint_every": 5},
         "evaluation": {"tasks": 10, "shots": [5], "inner_steps": 1, "lr_scales": [1.0]},
@@ -147,8 +177,11 @@ def test_a_study_uses_the_plugin_in_its_ray_workers(plugin, tmp_path):
     assert len(rows) == 2
     assert {r["learner"] for r in rows} == {"anil"} and {r["status"] for r in rows} == {"completed"}
     assert all(r["test_loss"] is not None for r in rows)
-    importers = set(log.read_text().split())
-    assert len(importers) >= 2, f"only {importers} imported the plugin: the Ray workers did not"
+    # Each line: the pid and sys.argv[0] of a process that imported the plugin.
+    importers = [line.split(" ", 1) for line in log.read_text().splitlines()]
+    driver = {pid for pid, argv0 in importers if argv0.endswith("__main__.py")}
+    workers = {pid for pid, argv0 in importers if not argv0.endswith("__main__.py")}
+    assert driver and workers, f"the driver and a Ray worker should both import the plugin:\n{log.read_text()}"
 
 
 def test_the_plugins_own_tests_run_the_contract(plugin):

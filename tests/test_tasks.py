@@ -63,7 +63,7 @@ def _image_folder_section(tmp_path: Path) -> dict:
     rng = np.random.default_rng(0)
     for c in range(30):
         write_images(tmp_path / "flat" / f"class{c:02d}", 6, rng, {})
-    return {"name": "image_folder", "root": str(tmp_path / "flat"), "image_size": 8, "ways": 3, "query": 2}
+    return {"name": "image_folder", "root": str(tmp_path / "flat"), "image_size": 28, "ways": 3, "query": 2}
 
 
 def _mnist_section(tmp_path: Path) -> dict:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from typing import Any
 
 from metatune.registry import Registry
 from metatune.learners.base import HParams, Learner, Noise, State, TaskOutput
 
 # The registry exists before any learner module is imported, so a module here can import
 # ``register_learner`` from this package while the package is still initialising.
-LEARNERS: Registry[Learner] = Registry("learner", base=Learner, entry_point_group="metatune.learners")
+LEARNERS: Registry[Learner[Any]] = Registry("learner", base=Learner, entry_point_group="metatune.learners")
 register_learner = LEARNERS.register
 
 from metatune.learners.hparams import COMMON, FIRST_ORDER, INNER_LR, INNER_STEPS, HyperParameter  # noqa: E402

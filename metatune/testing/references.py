@@ -10,7 +10,7 @@ autograd and compares that with the learner's meta-gradient.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -26,7 +26,7 @@ class Reference(Protocol):
     with ``meta``'s tensors (which require grad) as the leaves of the graph."""
 
     def __call__(
-        self, learner: Learner, meta: dict[str, Tensor], batch: TaskBatch, noise: dict[str, Tensor],
+        self, learner: Learner[Any], meta: dict[str, Tensor], batch: TaskBatch, noise: dict[str, Tensor],
         steps: int,
     ) -> Tensor: ...
 
@@ -37,7 +37,7 @@ def inner_grad(loss: Tensor, tensors: Sequence[Tensor], first_order: bool) -> tu
 
 
 def per_task_sgd(
-    learner: Learner, meta: dict[str, Tensor], batch: TaskBatch, steps: int, *,
+    learner: Learner[Any], meta: dict[str, Tensor], batch: TaskBatch, steps: int, *,
     rate: Callable[[str], Tensor | float], keys: Sequence[str] | None = None,
 ) -> Tensor:
     """Per task: ``steps`` of ``w <- w - rate(key) * grad_w L_support`` on ``keys`` (default:
