@@ -215,7 +215,7 @@ class Learner(abc.ABC, Generic[StateT]):
     ) -> TaskOutput:
         """``run_task`` over every task of ``batch`` at once (vmap); outputs gain a task dim.
         ``hp`` defaults to :meth:`runtime_hparams` (with ``lr_scale``) in the batch's dtype."""
-        steps = self.hparams["inner_steps"] if steps is None else steps
+        steps = int(self.hparams["inner_steps"]) if steps is None else steps
         self.check_steps(steps=steps)
         if hp is None:
             hp = self.runtime_hparams(lr_scale=lr_scale, dtype=batch.support_x.dtype, device=batch.support_x.device)

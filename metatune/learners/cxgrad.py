@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, TypedDict
 
 import torch
 from torch import Tensor
@@ -57,6 +57,13 @@ class CxGradState(AdaptState):
     """The fast weights (``w``, after the last step's IGS and update) and the context ``nu``."""
 
     nu: Tensor
+
+
+class _ContextAndDelta(TypedDict):
+    """What one CxGrad step differentiates: the context and a zero offset of the scaled weights."""
+
+    nu: Tensor
+    delta: Params
 
 
 def _default_linear(out_f: int, in_f: int, generator: torch.Generator, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -166,11 +173,12 @@ class CxGrad(Learner[CxGradState]):
         # One backward pass for both: d/d(delta) at delta = 0 is the gradient w.r.t. the scaled
         # weights; d/d(nu) is the total derivative through gamma(nu) (as autograd.grad on
         # (scaled weights, nu) in the authors' code).
-        def loss(p: dict) -> Tensor:
+        def loss(p: _ContextAndDelta) -> Tensor:
             scaled = self.igs(meta, weights, p["nu"])
             return self.loss_at(meta, {k: scaled[k] + p["delta"][k] for k in scaled}, support_x, support_y)
 
-        g = self.support_grad(loss, {"nu": nu, "delta": {k: torch.zeros_like(v) for k, v in weights.items()}})
+        at_zero: _ContextAndDelta = {"nu": nu, "delta": {k: torch.zeros_like(v) for k, v in weights.items()}}
+        g = self.support_grad(loss, at_zero)
         scaled = self.igs(meta, weights, nu)
         lr = hp["inner_lr"] * hp["lr_scale"]
         return CxGradState(

@@ -185,7 +185,7 @@ class MaskedLearner(Learner[AdaptState]):
     # ----------------------------------------------------------------- masks (per task)
     def zeta_masks(self, meta: Params, noise: Noise, step: int, *, hp: HParams | None = None) -> dict[str, Tensor]:
         """The mask of every logit tensor at inner step ``step`` (one task's noise)."""
-        temperature = self.hparams["mask_temperature"] if hp is None else hp["mask_temperature"]
+        temperature = float(self.hparams["mask_temperature"]) if hp is None else hp["mask_temperature"]
         masks: dict[str, Tensor] = {}
         for zk in self._zeta_keys:
             zeta = meta[zk]

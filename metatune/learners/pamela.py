@@ -164,7 +164,7 @@ class PAMELA(Learner[PamelaState]):
     ) -> PamelaState:
         """The preconditioned step, then after every w-th update the skip from the anchor."""
         new = super().inner_step(meta, state, support_x, support_y, noise, step=step, hp=hp).w
-        t, width = step + 1, self.hparams["skip_width"]
+        t, width = step + 1, int(self.hparams["skip_width"])
         if t % width != 0:
             return PamelaState(w=new, anchor=state.anchor)
         if p_key(t - width, self._cells[0]) in meta:  # no skip whose P was never trained

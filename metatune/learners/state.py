@@ -10,6 +10,7 @@ module registers no learner.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Self, TypeVar
 
@@ -41,6 +42,16 @@ class AdaptState:
         """The same state with new adapted weights (the other fields carried over)."""
         return dataclasses.replace(self, w=w)
 
-    def __getitem__(self, field: str) -> Params | Tensor:
-        """Read a field by name (``state["w"]``), as the untyped dict states allowed."""
-        return getattr(self, field)
+    # Read access in the untyped form these states replace (callers written against it index
+    # and iterate them): the weight dict for a weights-only state, {field: value} otherwise.
+    def _untyped(self) -> Mapping[str, Params | Tensor]:
+        fields = dataclasses.fields(self)
+        if len(fields) == 1:
+            return self.w
+        return {f.name: getattr(self, f.name) for f in fields}
+
+    def __getitem__(self, key: str) -> Params | Tensor:
+        return self._untyped()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._untyped())
