@@ -122,6 +122,8 @@ def build(cls: type[T], data: Mapping[str, Any] | None, *, prefix: str = "") -> 
     data = {} if data is None else data
     if not isinstance(data, Mapping):
         raise ConfigError(prefix or "<root>", f"expected a mapping, got {data!r}")
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"build() makes dataclasses, not {cls!r}")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     dot = f"{prefix}." if prefix else ""

@@ -119,17 +119,19 @@ def _counting_inductor(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> C
     # On a CPU the graph's wrapper in C++ instead of Python: the MAML-protocol sine step (meta-
     # batch 25) took 1.01 ms against 1.14 ms, paid once with a longer cold compile.
     compiled = compile_fx(gm, example_inputs, config_patches={"cpp_wrapper": True} if on_cpu else None)
+    assert callable(compiled)  # compile_fx's annotation also admits its non-callable AOT modes
     COMPILE_STATS.graphs += 1
     if _cache_hits() > before:
         COMPILE_STATS.cache_hits += 1
     return compiled
 
 
-def _private_copy(fn: types.FunctionType) -> types.FunctionType:
+def _private_copy(fn: Callable[..., Any]) -> types.FunctionType:
     """``fn`` with its own code object. TorchDynamo keeps compiled graphs (and counts
     recompilations against ``recompile_limit``) per code object; one per structure keeps
     different learners -- e.g. the trials of a study in one worker -- from sharing, and
     exhausting, one cache."""
+    assert isinstance(fn, types.FunctionType)
     return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
@@ -182,7 +184,7 @@ class _Compiled:
     """One structure's compiled function; on the first failure of a shipped learner it raises
     (a silent eager fallback would hide a regression), for others it warns once and runs eager."""
 
-    def __init__(self, fn: types.FunctionType, what: str, strict: bool) -> None:
+    def __init__(self, fn: Callable[..., Any], what: str, strict: bool) -> None:
         self.fn = torch.compile(_private_copy(fn), fullgraph=True, dynamic=False, backend=_counting_inductor)
         self.what = what
         self.strict = strict
@@ -215,7 +217,7 @@ class _Compiled:
 _CACHE: dict[tuple, _Compiled] = {}
 
 
-def _compiled_for(kind: str, fn: types.FunctionType, learner: Learner, meta: Params, *extra: Any) -> _Compiled:
+def _compiled_for(kind: str, fn: Callable[..., Any], learner: Learner, meta: Params, *extra: Any) -> _Compiled:
     ref = next(iter(meta.values()))
     key = (kind, learner.structure_key(), str(ref.device), str(ref.dtype), *extra)
     if key not in _CACHE:
@@ -250,8 +252,8 @@ def meta_gradient(learner: Learner, *, compile: bool = False) -> MetaGradient:
     def plain(meta: Params, batch: TaskBatch, noise: Noise, hp: HParams | None = None):
         loss, out = learner.meta_loss(meta, batch, noise, _hp_for(learner, meta, hp))
         keys = list(meta)
-        grads = torch.autograd.grad(loss, [meta[k] for k in keys], allow_unused=True)
-        grads = {k: torch.zeros_like(meta[k]) if g is None else g for k, g in zip(keys, grads)}
+        raw = torch.autograd.grad(loss, [meta[k] for k in keys], allow_unused=True)
+        grads = {k: torch.zeros_like(meta[k]) if g is None else g for k, g in zip(keys, raw)}
         return loss, grads, {**out, ALL_FINITE: all_finite(loss, grads)}
 
     if not compile:
@@ -317,8 +319,8 @@ def train_step(
             step = steps[where] = _compiled_for("train step", _train_step, learner, meta, update)
         lr_value = float(optimizer.param_groups[0]["lr"])
         if where not in scalars or scalars[where][0] != lr_value:
-            scalars[where] = (lr_value, *(torch.tensor(v, dtype=torch.float64, device=ref.device)
-                                          for v in (lr_value, grad_clip or 0.0)))
+            scalars[where] = (lr_value, torch.tensor(lr_value, dtype=torch.float64, device=ref.device),
+                              torch.tensor(grad_clip or 0.0, dtype=torch.float64, device=ref.device))
         _, lr, clip = scalars[where]
         # Detached aliases: the graph writes the update into the parameters' storage, and
         # nothing outside differentiates through it.

@@ -9,6 +9,8 @@ and final loss vs a multiplier on the inner step size.
 
 from __future__ import annotations
 
+import functools
+
 import math
 from collections.abc import Sequence
 from typing import Literal
@@ -144,14 +146,15 @@ def evaluate(
     device = torch.device(device)
     if compile == "auto":  # the run config's rule (RunConfig.compiles_evaluation): on CUDA only
         compile = device.type == "cuda"
-    steps = learner.hparams["inner_steps"] if steps is None else steps
+    steps = int(learner.hparams["inner_steps"]) if steps is None else steps
     curve_steps = steps if curve_steps is None else max(curve_steps, steps)
     train_k = learner.task.shots
     shots = list(shots) if shots else [train_k]
-    common = dict(tasks=tasks, seed=seed, split=split, chunk=chunk, device=device, dtype=dtype, compile=compile)
+    run = functools.partial(_run, tasks=tasks, seed=seed, split=split, chunk=chunk, device=device, dtype=dtype,
+                            compile=bool(compile))
     by_shots: dict[int, ShotResult] = {}
     for k in shots:
-        out = _run(learner, meta, shots=k, steps=curve_steps, lr_scale=1.0, **common)
+        out = run(learner, meta, shots=k, steps=curve_steps, lr_scale=1.0)
         losses = out["loss"]  # [tasks, curve_steps + 1]
         result = ShotResult(
             shots=k, steps=steps, task_losses=losses[:, steps].tolist(), loss=summarise(losses[:, steps]),
@@ -171,6 +174,6 @@ def evaluate(
         if scale == 1.0 and train_k in by_shots:
             curve[scale] = by_shots[train_k].loss
             continue
-        out = _run(learner, meta, shots=train_k, steps=steps, lr_scale=scale, **common)
+        out = run(learner, meta, shots=train_k, steps=steps, lr_scale=scale)
         curve[scale] = summarise(out["loss"][:, steps])
     return EvalResult(by_shots=by_shots, lr_scale_curve=curve, split=split, tasks=tasks)

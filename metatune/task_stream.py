@@ -47,6 +47,7 @@ class TaskStream:
                 return self.task.sample(self.meta_batch, generator=self.generator).to(
                     device=self.device, dtype=self.dtype)
             self._draw(max(1, min(until, MAX_BLOCK)))
+        assert self._block is not None
         batch = self._block[self._pos]
         self._pos += 1
         return batch
@@ -66,7 +67,7 @@ class TaskStream:
 
     def checkpoint(self) -> tuple[torch.Tensor, list[int]]:
         """(generator state, [position, block length]) to store; [0, 0] outside a block."""
-        if self._block is not None and self._pos < self._length:
+        if self._block is not None and self._start is not None and self._pos < self._length:
             return self._start, [self._pos, self._length]
         return self.generator.get_state(), [0, 0]
 

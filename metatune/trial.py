@@ -98,7 +98,9 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _fast_optimizer(cls: type[torch.optim.Optimizer], params: list[torch.Tensor], *, lr: float) -> torch.optim.Optimizer:
+def _fast_optimizer(
+    cls: type[torch.optim.Adam] | type[torch.optim.SGD], params: list[torch.Tensor], *, lr: float,
+) -> torch.optim.Optimizer:
     """The fused kernel (one call updates every tensor: 94 us against 336 us foreach and 376 us
     for the loop, Adam on the sine MLP), else foreach where a torch build or device lacks it."""
     try:
@@ -174,7 +176,7 @@ class Trainer:
         if self._draws_noise:
             noise = self.learner.sample_noise(
                 cfg.meta_batch, generator=self.generator, meta_params=self.meta,
-                steps=self.learner.hparams["inner_steps"], training=True,
+                steps=int(self.learner.hparams["inner_steps"]), training=True,
             )
             noise = {k: v.to(self.device) for k, v in noise.items()}
         loss, out = self._train_step(self.meta, batch, noise, self.hp)

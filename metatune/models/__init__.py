@@ -17,7 +17,8 @@ __all__ = [
 ]
 
 BACKBONES: Registry[Backbone] = Registry("backbone")
-for _name, _cls in {"mlp": MLP, "linear": Linear, "conv4": Conv4, "digits_conv": DigitsConvNet}.items():
+_SHIPPED: dict[str, type[Backbone]] = {"mlp": MLP, "linear": Linear, "conv4": Conv4, "digits_conv": DigitsConvNet}
+for _name, _cls in _SHIPPED.items():
     BACKBONES.register(_name)(_cls)
 
 

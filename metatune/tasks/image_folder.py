@@ -54,8 +54,8 @@ def load_image(path: str | Path, *, size: int, grayscale: bool) -> torch.Tensor:
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if grayscale else "RGB")
+        with Image.open(path) as opened:
+            img = opened.convert("L" if grayscale else "RGB")
             if img.size != (size, size):
                 img = img.resize((size, size), Image.Resampling.LANCZOS)
             arr = np.array(img, dtype=np.uint8)  # a writable copy
