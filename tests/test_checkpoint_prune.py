@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from metatune.study import _ray
+from metatune.study._ray import storage as ray_storage
 
 
 def _trial(tune_dir: Path, name: str, status: str, registered: int | None) -> SimpleNamespace:
@@ -43,7 +44,7 @@ def test_prune_keeps_the_registered_checkpoint_and_newer_ones(tune_dir, monkeypa
         # Finished by replaying its stored final report: 3-5 were never registered.
         _trial(tune_dir, "trial-d", "TERMINATED", 2),
     ]  # trial-e: a folder the snapshot never saw
-    monkeypatch.setattr(_ray, "_snapshot_trials", lambda s: trials)
+    monkeypatch.setattr(ray_storage, "snapshot_trials", lambda s: trials)
     removed = _ray.prune_checkpoints(study, keep=2)
     assert _left(tune_dir, "trial-a") == [4, 5]
     assert _left(tune_dir, "trial-b") == [1, 2, 3, 4, 5]  # 3-5 unregistered: Tune restores 2
@@ -54,7 +55,7 @@ def test_prune_keeps_the_registered_checkpoint_and_newer_ones(tune_dir, monkeypa
 
 
 def test_prune_does_nothing_on_remote_storage(monkeypatch):
-    monkeypatch.setattr(_ray, "_snapshot_trials", lambda s: pytest.fail("remote storage is not read"))
+    monkeypatch.setattr(ray_storage, "snapshot_trials", lambda s: pytest.fail("remote storage is not read"))
     assert _ray.prune_checkpoints(SimpleNamespace(tune_path="s3://bucket/study/tune")) == 0
 
 
@@ -62,6 +63,6 @@ def test_prune_deletes_nothing_when_the_snapshot_is_unreadable(tune_dir, monkeyp
     def broken(study: object) -> list:
         raise ValueError("experiment_state-x.json: truncated")
 
-    monkeypatch.setattr(_ray, "_snapshot_trials", broken)
+    monkeypatch.setattr(ray_storage, "snapshot_trials", broken)
     assert _ray.prune_checkpoints(SimpleNamespace(tune_path=str(tune_dir))) == 0
     assert all(_left(tune_dir, name) == list(range(6)) for name in ("trial-a", "trial-e"))
