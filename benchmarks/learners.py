@@ -53,7 +53,13 @@ from typing import ClassVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    ROOT, cpu_model, drop_compile_cache, setup_compile_cache, sync, trainer_adam, write_json,
+    ROOT,
+    cpu_model,
+    drop_compile_cache,
+    setup_compile_cache,
+    sync,
+    trainer_adam,
+    write_json,
 )
 
 SINE = {"name": "sine", "protocol": "metasgd", "shots": 10}

@@ -64,8 +64,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    cpu_model, drop_compile_cache, proc_status_kib, resolve_devices, resolve_threads, setup_compile_cache, sync,
-    trainer_adam, write_json,
+    cpu_model,
+    drop_compile_cache,
+    proc_status_kib,
+    resolve_devices,
+    resolve_threads,
+    setup_compile_cache,
+    sync,
+    trainer_adam,
+    write_json,
 )
 
 METHODS = ("loop", "higher", "vmap", "reference", "compiled")
@@ -265,7 +272,6 @@ def build_compiled(s: Setup):
 
 
 def build_reference(s: Setup):
-    import torch
     from _reference_maml import compiled_maml_step
 
     meta = s.fresh_meta()

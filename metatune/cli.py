@@ -37,8 +37,8 @@ def _print_eval(result) -> None:  # noqa: ANN001 - TrainResult
 
 def cmd_train(args: argparse.Namespace) -> int:
     from metatune.config import parse_config
-    from metatune.yaml_files import read_yaml
     from metatune.trial import CHECKPOINT_FILE, Trainer, to_json
+    from metatune.yaml_files import read_yaml
 
     data = read_yaml(args.config)
     if isinstance(data, dict):  # anything else is reported by parse_config

@@ -137,7 +137,7 @@ class RunConfig:
             return self.compiles() and device_type == "cuda"
         return bool(self.compile)
 
-    def replace(self, **changes: Any) -> "RunConfig":
+    def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -182,7 +182,7 @@ def parse_config(data: Any, *, source: str | None = None) -> Components:
         if config.gpu_memory_fraction is not None and not 0 < config.gpu_memory_fraction <= 1:
             raise ConfigError("gpu_memory_fraction", f"expected a value in (0, 1], got {config.gpu_memory_fraction}")
     except ConfigError as exc:
-        raise exc.with_source(source) if source else exc
+        raise (exc.with_source(source) if source else exc) from None
     return Components(config=config, task=task, backbone=backbone, learner=learner)
 
 

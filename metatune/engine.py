@@ -63,10 +63,10 @@ class CompileStats:
     cache_hits: int = 0
     seconds: float = 0.0
 
-    def snapshot(self) -> "CompileStats":
+    def snapshot(self) -> CompileStats:
         return CompileStats(self.graphs, self.cache_hits, self.seconds)
 
-    def since(self, before: "CompileStats") -> dict[str, float]:
+    def since(self, before: CompileStats) -> dict[str, float]:
         return {
             "compile_graphs": self.graphs - before.graphs,
             "compile_cache_hits": self.cache_hits - before.cache_hits,

@@ -15,7 +15,7 @@ class ConfigError(ValueError):
         where = f"{source}: " if source else ""
         super().__init__(f"{where}field '{field}': {message}")
 
-    def with_source(self, source: str) -> "ConfigError":
+    def with_source(self, source: str) -> ConfigError:
         return ConfigError(self.field, self.detail, source=source)
 
 

@@ -10,11 +10,10 @@ and final loss vs a multiplier on the inner step size.
 from __future__ import annotations
 
 import functools
-
 import math
 from collections.abc import Sequence
-from typing import Literal
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor

@@ -34,7 +34,7 @@ class OuterUpdate:
     eps: float = 1e-8
 
     @classmethod
-    def of(cls, optimizer: torch.optim.Optimizer, *, clips: bool) -> "OuterUpdate | None":
+    def of(cls, optimizer: torch.optim.Optimizer, *, clips: bool) -> OuterUpdate | None:
         """The update ``optimizer`` performs, or None where it has settings this code does not
         reproduce (the trainer then keeps calling ``optimizer.step()``)."""
         if len(optimizer.param_groups) != 1:

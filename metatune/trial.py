@@ -160,7 +160,7 @@ class Trainer:
         self._compile_before = COMPILE_STATS.snapshot()
 
     @classmethod
-    def from_config(cls, config: RunConfig | Mapping[str, Any], *, source: str | None = None) -> "Trainer":
+    def from_config(cls, config: RunConfig | Mapping[str, Any], *, source: str | None = None) -> Trainer:
         """A trainer for a run config or its mapping form (validated; ``source`` names the file in errors)."""
         data = config.to_dict() if isinstance(config, RunConfig) else config
         return cls(parse_config(data, source=source))
@@ -377,7 +377,7 @@ class Trainer:
         return path
 
     @classmethod
-    def restore(cls, path: str | Path, components: Components | None = None) -> "Trainer":
+    def restore(cls, path: str | Path, components: Components | None = None) -> Trainer:
         """Rebuild a trainer from a checkpoint file (config taken from it unless given)."""
         state = load_checkpoint(path)
         if components is None:

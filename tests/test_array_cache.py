@@ -20,8 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from metatune.tasks import MNIST, ClassPool, ImageFolder
-from metatune.tasks import _array_cache
+from metatune.tasks import MNIST, ClassPool, ImageFolder, _array_cache
 from metatune.tasks import image_folder as image_folder_module
 from metatune.tasks import mnist as mnist_module
 from metatune.tasks.image_folder import load_image

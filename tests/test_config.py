@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 import yaml
+from mutate import DELETE, mutate
 
 from metatune.cli import main
-from mutate import DELETE, mutate
 from metatune.config import parse_config
 from metatune.errors import ConfigError
 

@@ -15,9 +15,9 @@ import textwrap
 
 import pytest
 import torch
-
 from contract_settings import settings_for
 from reference import REFERENCES
+
 from metatune.config import parse_config
 from metatune.engine import COMPILE_STATS, evaluation_forward, meta_gradient
 from metatune.errors import ConfigError

@@ -15,8 +15,8 @@ import yaml
 
 import metatune.study
 from metatune.cli import build_parser, main
-from metatune.yaml_files import read_yaml
 from metatune.errors import ConfigError
+from metatune.yaml_files import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "metatune"

@@ -11,9 +11,9 @@ import yaml
 
 from metatune.cli import main
 from metatune.config import parse_config
+from metatune.errors import CheckpointError
 from metatune.evaluate import evaluate, heldout_tasks, summarise
 from metatune.trial import Trainer, load_checkpoint
-from metatune.errors import CheckpointError
 
 BASE = {
     "task": {"name": "sine", "shots": 5},

@@ -35,7 +35,7 @@ class TaskBatch:
     def num_tasks(self) -> int:
         return self.support_x.shape[0]
 
-    def to(self, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "TaskBatch":
+    def to(self, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TaskBatch:
         def move(t: Tensor) -> Tensor:
             if dtype is not None and t.is_floating_point():
                 t = t.to(dtype)
@@ -43,7 +43,7 @@ class TaskBatch:
 
         return TaskBatch(*(move(getattr(self, f.name)) for f in dataclasses.fields(self)))
 
-    def __getitem__(self, index: int | slice) -> "TaskBatch":
+    def __getitem__(self, index: int | slice) -> TaskBatch:
         return TaskBatch(*(getattr(self, f.name)[index] for f in dataclasses.fields(self)))
 
 

@@ -60,7 +60,7 @@ class ClassPool:
 
     @classmethod
     def from_classes(cls, per_class: Sequence[Tensor], names: Sequence[str], *, scale: float = 1.0,
-                     rotations: int = 1) -> "ClassPool":
+                     rotations: int = 1) -> ClassPool:
         if len(per_class) != len(names):
             raise ValueError("one name per class is needed")
         if not per_class:
@@ -71,7 +71,7 @@ class ClassPool:
 
     @classmethod
     def from_labels(cls, images: Tensor, labels: Tensor, *, names: Sequence[str] | None = None,
-                    scale: float = 1.0, rotations: int = 1) -> "ClassPool":
+                    scale: float = 1.0, rotations: int = 1) -> ClassPool:
         """Group ``images`` by integer ``labels`` (classes are the distinct labels, ascending)."""
         labels = torch.as_tensor(labels, dtype=torch.int64)
         classes, counts = torch.unique(labels, sorted=True, return_counts=True)

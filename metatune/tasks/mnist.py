@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metatune.errors import ConfigError
 from metatune.tasks._array_cache import cached_arrays, source_key
 from metatune.tasks._checks import episode_sizes
-from metatune.errors import ConfigError
 from metatune.tasks.base import Split
 from metatune.tasks.episodes import ClassPool, EpisodicTask
 
