@@ -39,5 +39,5 @@ def metasgd_reference(learner: Learner, meta: dict, batch: TaskBatch, noise: dic
 
 
 # References of the other learner families live beside this file and register on import.
-import reference_mtnet  # noqa: E402,F401
 import reference_extra  # noqa: E402,F401
+import reference_mtnet  # noqa: E402,F401

@@ -12,10 +12,10 @@ explicit indexing, sharing nothing with the learner but the backbone's forward (
 from __future__ import annotations
 
 import torch
-from torch import Tensor
-
 from contract_settings import SETTINGS
 from reference import reference
+from torch import Tensor
+
 from metatune.testing import inner_grad
 
 # Between them the five settings cover every backbone (tnet keeps the default sine MLP), both

@@ -6,9 +6,9 @@ the same a plugin runs on its own learner; the references are tests/reference*.p
 from __future__ import annotations
 
 import pytest
-
 from contract_settings import settings_for
 from reference import REFERENCES
+
 from metatune.learners import LEARNERS, is_shipped
 from metatune.testing import LearnerCase, meta_gradients
 from metatune.testing.pytest_learners import LearnerContractTests

@@ -19,9 +19,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from readme_blocks import file_block
 
 import metatune
-from readme_blocks import file_block
 
 ENTRY_POINTS = """\
 [metatune.learners]

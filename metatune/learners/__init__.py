@@ -13,21 +13,21 @@ import importlib
 import pkgutil
 from typing import Any
 
-from metatune.registry import Registry
 from metatune.learners.base import HParams, Learner, Noise, State, TaskOutput
+from metatune.registry import Registry
 
 # The registry exists before any learner module is imported, so a module here can import
 # ``register_learner`` from this package while the package is still initialising.
 LEARNERS: Registry[Learner[Any]] = Registry("learner", base=Learner, entry_point_group="metatune.learners")
 register_learner = LEARNERS.register
 
+from metatune.learners.cxgrad import CxGrad  # noqa: E402
 from metatune.learners.hparams import COMMON, FIRST_ORDER, INNER_LR, INNER_STEPS, HyperParameter  # noqa: E402
 from metatune.learners.maml import FOMAML, MAML  # noqa: E402
 from metatune.learners.metasgd import MetaSGD  # noqa: E402
-from metatune.learners.cxgrad import CxGrad  # noqa: E402
+from metatune.learners.mtnet import MNet, MNetFull, MTNet, MTNetFull, TNet  # noqa: E402
 from metatune.learners.pamela import PAMELA  # noqa: E402
 from metatune.learners.wormhole import Wormhole  # noqa: E402
-from metatune.learners.mtnet import MNet, MNetFull, MTNet, MTNetFull, TNet  # noqa: E402
 
 __all__ = [
     "COMMON", "FIRST_ORDER", "FOMAML", "INNER_LR", "INNER_STEPS", "LEARNERS", "MAML",

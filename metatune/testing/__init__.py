@@ -11,9 +11,18 @@
 from __future__ import annotations
 
 from metatune.testing.learner_contract import (
-    DEFAULT_HPARAMS, DEFAULT_MODEL, DEFAULT_TASK, LearnerCase, build_components, check_checkpoint_round_trip,
-    check_finite_loss_guard, check_first_order_differs, check_learner, check_meta_gradient,
-    check_seeded_determinism, meta_gradients,
+    DEFAULT_HPARAMS,
+    DEFAULT_MODEL,
+    DEFAULT_TASK,
+    LearnerCase,
+    build_components,
+    check_checkpoint_round_trip,
+    check_finite_loss_guard,
+    check_first_order_differs,
+    check_learner,
+    check_meta_gradient,
+    check_seeded_determinism,
+    meta_gradients,
 )
 from metatune.testing.references import Reference, inner_grad, per_task_sgd
 from metatune.testing.tasks import check_task_shapes

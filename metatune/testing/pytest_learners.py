@@ -20,8 +20,12 @@ from pathlib import Path
 import pytest
 
 from metatune.testing.learner_contract import (
-    LearnerCase, check_checkpoint_round_trip, check_finite_loss_guard, check_first_order_differs,
-    check_meta_gradient, check_seeded_determinism,
+    LearnerCase,
+    check_checkpoint_round_trip,
+    check_finite_loss_guard,
+    check_first_order_differs,
+    check_meta_gradient,
+    check_seeded_determinism,
 )
 
 __all__ = ["LearnerContractTests"]
