@@ -4,7 +4,8 @@ in a temporary folder with a learner (``anil``) and a task (``line``) registered
 (``<tmp>/anil_plugin-0.1.dist-info`` beside the package, ``<tmp>`` on PYTHONPATH) and used by
 real subprocesses: ``metatune train``, a two-trial study on a private local Ray (whose workers
 inherit the driver's environment) and the plugin's own pytest run of metatune.testing's
-contract. The plugin's files are the README's code blocks, so the README is what is tested.
+contract. The plugin's files are the README's code blocks, so the README is what is tested;
+the same files dropped into a copy of metatune's own learners/ and tasks/ folders register too.
 """
 
 from __future__ import annotations
