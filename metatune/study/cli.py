@@ -238,16 +238,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     study = open_study(args.study, tracking_uri=args.tracking_uri)
     records = _ray.read_records(study)
-    views, files = rebuild(study, records, tracker=None if args.no_mlflow else _tracker(study))
+    tracker = None if args.no_mlflow else _tracker(study)
+    views, files = rebuild(study, records, tracker=tracker)
     print(f"rebuilt study '{study.name}' from {study.tune_path}: {len(records)} trials")
     print(f"  Parquet: {files['parquet']}\n  table:   {files['md']}\n  plot:    {files['png']}")
-    if not args.no_mlflow:
+    if tracker is not None:
         if views.mlflow_errors:
             print(f"  MLflow:  FAILED ({views.last_error}); run `metatune report` again once it is reachable")
             return 1
         print(
             f"  MLflow:  {_public_uri(study)}, experiment '{study.experiment}', "
-            f"parent run {views.tracker.parent_id}"
+            f"parent run {tracker.parent_id}"
         )
     return 0
 

@@ -60,8 +60,8 @@ def study_plot(table: StudyTable, path: str | Path, *, title: str = "") -> Path:
                 transform=ax.get_xaxis_transform(),
             )
         if table.published is not None and learner in table.published.learners and table.rows_axis != "best":
-            pub = [(positions[_k(r)], table.cell(r, learner).published) for r in xs_all]
-            pub = [(x, p) for x, p in pub if p is not None]
+            cells = [(positions[_k(r)], table.cell(r, learner).published) for r in xs_all]
+            pub = [(x, p) for x, p in cells if p is not None]
             if pub:
                 ax.plot(
                     [x for x, _ in pub],

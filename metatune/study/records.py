@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from metatune.study.param_names import LEARNER_KEY, branch_name, short_name
 
@@ -33,10 +33,10 @@ __all__ = [
 ]
 
 #: Metric names: the study objective is one of the val_* ones, the table shows a test_* one.
-VAL_LOSS = "val_loss"
-VAL_ACCURACY = "val_accuracy"
-TEST_LOSS = "test_loss"
-TEST_ACCURACY = "test_accuracy"
+VAL_LOSS: Final = "val_loss"
+VAL_ACCURACY: Final = "val_accuracy"
+TEST_LOSS: Final = "test_loss"
+TEST_ACCURACY: Final = "test_accuracy"
 #: Key of the final report that says how training ended ("completed" | "diverged").
 OUTCOME = "outcome"
 

@@ -94,22 +94,28 @@ class Views:
             self._mlflow(self.tracker.start, self.study.frozen(), description=self._note(None))
         return self.tracker.parent_id is not None
 
+    def _ready(self) -> Tracker | None:
+        """The tracker once its parent run exists; None while MLflow is off or unreachable."""
+        return self.tracker if self.start() else None
+
     def finish(self, status: str = "FINISHED", records: Sequence[TrialRecord] = ()) -> None:
         """Close the parent run; runs of unfinished trials become KILLED, runs of trials that
         Tune never recorded are closed as lost (see Tracker.suspend / close_unknown)."""
-        if self.start():
-            self._mlflow(self.tracker.close_unknown, {r.trial_id for r in records})
+        tracker = self._ready()
+        if tracker is not None:
+            self._mlflow(tracker.close_unknown, {r.trial_id for r in records})
             if status != "FINISHED":
-                self._mlflow(self.tracker.suspend, records)
-            self._mlflow(self.tracker.finish, status)
+                self._mlflow(tracker.suspend, records)
+            self._mlflow(tracker.finish, status)
 
     # ------------------------------------------------------------------ per trial
     def trial_dir(self, record: TrialRecord) -> Path:
         return self.study.dir / "trials" / record.trial_id
 
     def progress(self, record: TrialRecord, metrics: dict[str, float]) -> None:
-        if self.start():
-            self._mlflow(self.tracker.log_progress, record, metrics)
+        tracker = self._ready()
+        if tracker is not None:
+            self._mlflow(tracker.log_progress, record, metrics)
 
     def trial(self, record: TrialRecord, *, force: bool = False) -> None:
         """Local artifacts of a trial and its MLflow child run (skipped when both are up to date)."""
@@ -120,8 +126,8 @@ class Views:
             and _same_status(d / "trial.json", record)
             and (plot.is_file() or not record.curves)
         )
-        mlflow_ready = self.start()
-        if not force and local_done and (not mlflow_ready or self._mlflow(self.tracker.is_final, record)):
+        tracker = self._ready()
+        if not force and local_done and (tracker is None or self._mlflow(tracker.is_final, record)):
             return
         files: dict[str, Path] = {}
         if record.finished:
@@ -134,8 +140,8 @@ class Views:
                 from metatune.study.plots import trial_plot
 
                 trial_plot(record, plot)
-        if mlflow_ready:
-            self._mlflow(self.tracker.log_trial, record, plot=plot if plot.is_file() else None, files=files)
+        if tracker is not None:
+            self._mlflow(tracker.log_trial, record, plot=plot if plot.is_file() else None, files=files)
 
     # ------------------------------------------------------------------ study level
     def files(self, records: Sequence[TrialRecord]) -> dict[str, Path]:
@@ -186,15 +192,16 @@ class Views:
 
     def refresh_study(self, records: Sequence[TrialRecord]) -> dict[str, Path]:
         files = self.files(records)
-        markdown = files.pop("_markdown")  # type: ignore[arg-type]
-        if self.start():
+        markdown = files.pop("_markdown")
+        tracker = self._ready()
+        if tracker is not None:
             counts = _counts(records)
             self._mlflow(
-                self.tracker.log_study_files,
+                tracker.log_study_files,
                 [("table", files["csv"]), ("table", files["md"]), ("table", files["png"])],
                 note=self._note(str(markdown)),
             )
-            self._mlflow(self.tracker.log_study_metrics, counts, step=int(counts["finished"]))
+            self._mlflow(tracker.log_study_metrics, counts, step=int(counts["finished"]))
         return files
 
 

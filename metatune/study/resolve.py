@@ -29,7 +29,7 @@ __all__ = ["load_study", "open_study", "parse_study"]
 def _learner_overrides(spec: StudySpec) -> dict[str, dict[str, Any]]:
     raw = spec.learners
     if isinstance(raw, tuple):
-        out = {}
+        out: dict[str, dict[str, Any]] = {}
         for i, name in enumerate(raw):
             LEARNERS.get(name, field=f"learners[{i}]")
             if name in out:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from metatune._fields import positive
 from metatune.config import EvaluationConfig, TrainingConfig
@@ -55,9 +55,14 @@ TUNE_NAME = "tune"
 DEFAULT_ROOT = "metatune_results"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-# The names the study file accepts are the registry's keys (one entry adds one).
-SamplerName = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
-SchedulerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
+# The names the study file accepts are the registry's keys (one entry adds one). A type
+# checker sees a str: it cannot read a Literal built at run time.
+if TYPE_CHECKING:
+    SamplerName = str
+    SchedulerName = str
+else:
+    SamplerName = Literal[tuple(SAMPLERS)]
+    SchedulerName = Literal[tuple(SCHEDULERS)]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -346,7 +346,7 @@ def parse_search_space(
         space = SearchSpace(learners=learners, params=tuple(shared + params), description=spec.description)
         return space
     except ConfigError as exc:
-        raise exc.with_source(source) if source else exc
+        raise (exc.with_source(source) if source else exc) from None
 
 
 def load_search_space_file(path: Path, *, study_learners: Sequence[str]) -> SearchSpace:

@@ -3,7 +3,7 @@ that passes on the results of re-run trials."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
@@ -52,7 +52,7 @@ class StudySearch(OptunaSearch):
         metric: str,
         mode: str,
         sampler: optuna.samplers.BaseSampler,
-        points_to_evaluate: Sequence[dict[str, Any]] | None,
+        points_to_evaluate: list[dict[str, Any]] | None,
     ) -> None:
         super().__init__(
             space=space, metric=metric, mode=mode, sampler=sampler, points_to_evaluate=points_to_evaluate

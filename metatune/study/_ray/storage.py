@@ -155,6 +155,8 @@ def prune_checkpoints(study: Study, *, keep: int = 2) -> int:
     for trial in trials:
         if trial.status == TuneStatus.TERMINATED:
             continue
+        if trial.storage is None:
+            continue  # (a trial read back from a snapshot always has its storage)
         path = Path(trial.checkpoint.path) if trial.checkpoint is not None else None
         restorable[Path(trial.storage.trial_fs_path).name] = path.name if path else None
     removed = 0

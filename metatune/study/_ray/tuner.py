@@ -171,7 +171,7 @@ def run_study(study: Study, monitor: StudyMonitor, *, resume: bool = False) -> d
         detach_monitor(key)
         prune_checkpoints(study)
     counts: dict[str, int] = {}
-    for res in grid:
+    for res in (grid[i] for i in range(len(grid))):
         status = TuneStatus.ERROR if res.error else TuneStatus.TERMINATED
         counts[status.value] = counts.get(status.value, 0) + 1
     return counts
