@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from metatune.errors import ConfigError
+from metatune.study.param_names import LEARNER_KEY
 
 if TYPE_CHECKING:  # the schema imports this table for its names
     import optuna
@@ -112,7 +113,7 @@ def _check_grid(spec: StudySpec, space: SearchSpace, space_src: str) -> None:
 def _check_cmaes(spec: StudySpec, space: SearchSpace, space_src: str) -> None:
     cats = [p.name for p in space.params if p.kind == "categorical"]
     if len(space.learners) > 1:
-        cats.insert(0, "learner")
+        cats.insert(0, LEARNER_KEY)
     if cats:
         raise ConfigError(
             "sampler.name",
