@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU wheel of torch lies on these machines; a bare `torch` would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv quickstart test bench clean
+.PHONY: venv quickstart test lint bench clean
 
 $(BIN)/metatune: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,8 +19,12 @@ venv: $(BIN)/metatune
 quickstart: venv
 	$(BIN)/metatune run studies/quickstart.yaml
 
-test: venv
+test: lint
 	$(BIN)/python -m pytest -q -x --durations=15
+
+lint: venv
+	$(BIN)/ruff check metatune tests benchmarks
+	$(BIN)/mypy
 
 bench: venv
 	$(BIN)/python benchmarks/throughput.py

@@ -8,11 +8,11 @@ from __future__ import annotations
 import math
 
 import torch
+from contract_settings import SETTINGS
+from reference import reference
 from torch import Tensor
 from torch.nn import functional as F
 
-from contract_settings import SETTINGS
-from reference import reference
 from metatune.learners import Learner
 from metatune.tasks import TaskBatch
 
@@ -155,8 +155,8 @@ def cxgrad_reference(learner: Learner, meta: dict, batch: TaskBatch, noise: dict
         # derivative of the support loss at fixed nu: the meta head leaf itself also reaches the
         # loss through nu when the first context step is differentiated.
         out = {k: (v.clone() if k in keys else v) for k, v in fast.items()}
-        for l, k in enumerate(conv):
-            out[k] = gamma[l] * fast[k] / torch.sqrt((fast[k] ** 2).sum())
+        for layer, k in enumerate(conv):
+            out[k] = gamma[layer] * fast[k] / torch.sqrt((fast[k] ** 2).sum())
         return out
 
     def first_step(fast: dict, sx: Tensor, sy: Tensor) -> Tensor:

@@ -152,7 +152,7 @@ def _split_optional(tp: Any) -> tuple[Any, bool]:
     if get_origin(tp) in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
         optional = len(args) < len(get_args(tp))
-        return (args[0] if len(args) == 1 else Union[tuple(args)]), optional
+        return (args[0] if len(args) == 1 else Union[tuple(args)]), optional  # noqa: UP007 -- built at run time
     return tp, False
 
 

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from servers import (
     BIN,
     child_env,

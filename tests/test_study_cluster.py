@@ -183,8 +183,8 @@ def test_study_on_two_node_cluster_with_mlflow_server(cluster, mlflow_server, tm
         [
             sys.executable,
             "-c",
-            "import ray; ray.init(address=%r, log_to_driver=False); "
-            "print(sum(n['Alive'] for n in ray.nodes()))" % cluster["address"],
+            f"import ray; ray.init(address={cluster['address']!r}, log_to_driver=False); "
+            "print(sum(n['Alive'] for n in ray.nodes()))",
         ],
         env=_env(),
         capture_output=True,

@@ -12,9 +12,9 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from mutate import DELETE, mutate
 
 from metatune.cli import main
-from mutate import DELETE, mutate
 from metatune.errors import ConfigError
 from metatune.learners import LEARNERS
 from metatune.study.search_space import parse_search_space

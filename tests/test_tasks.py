@@ -7,19 +7,28 @@ folders, IDX files plain and gzipped); the bundled scikit-learn digits need no d
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import struct
 from pathlib import Path
 
 import numpy as np
-import math
 import pytest
 import torch
 from PIL import Image
 
 from metatune.errors import ConfigError
 from metatune.tasks import (
-    MNIST, TASKS, AvgThreshold, ClassPool, Digits, ImageFolder, Polynomial, TaskBatch, Wavelet, build_task,
+    MNIST,
+    TASKS,
+    AvgThreshold,
+    ClassPool,
+    Digits,
+    ImageFolder,
+    Polynomial,
+    TaskBatch,
+    Wavelet,
+    build_task,
 )
 from metatune.tasks.digits import load_digit_images
 from metatune.tasks.mnist import read_idx
@@ -276,7 +285,7 @@ def test_episode_sampler_rotations() -> None:
     batch = pool.sample(100, ways=8, shots=1, query=1, generator=gen(0))
     seen = set()
     for t in range(100):
-        for x, lab in zip(batch.support_x[t], batch.support_y[t]):
+        for x, _label in zip(batch.support_x[t], batch.support_y[t]):
             c = int(x.min()) // 100
             matches = [(i, k) for i in range(2) for k in range(4)
                        if torch.equal(x, torch.rot90(pool.class_images(c)[i], k, dims=(-2, -1)))]

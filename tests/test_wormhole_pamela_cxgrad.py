@@ -9,16 +9,16 @@ import math
 
 import pytest
 import torch
-from torch.func import grad
-
 from contract_settings import settings_for
 from reference import REFERENCES
+from torch.func import grad
+
 from metatune.config import parse_config
 from metatune.engine import meta_gradient
 from metatune.errors import ConfigError
-from metatune.learners import PAMELA, CxGrad, MetaSGD, Wormhole
+from metatune.learners import PAMELA, Wormhole
 from metatune.learners.pamela import skip_indices
-from metatune.models import Conv4, Linear, MLP
+from metatune.models import MLP, Conv4, Linear
 from metatune.tasks import Sine, TaskBatch
 
 F64 = torch.float64

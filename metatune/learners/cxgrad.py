@@ -119,7 +119,7 @@ class CxGrad(Learner[CxGradState]):
 
     def init_meta_params(self, *, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> Params:
         params = super().init_meta_params(generator=generator, dtype=dtype)
-        d, h, layers = self.hparams["context_dim"], self.hparams["context_hidden"], len(self.conv_keys)
+        d, h, layers = int(self.hparams["context_dim"]), int(self.hparams["context_hidden"]), len(self.conv_keys)
         params[G_KEYS[0]], params[G_KEYS[1]] = _default_linear(h, d, generator, dtype)
         params[G_KEYS[2]], params[G_KEYS[3]] = _default_linear(layers, h, generator, dtype)
         return params
@@ -140,7 +140,7 @@ class CxGrad(Learner[CxGradState]):
         return out
 
     def _zero_context(self, like: Tensor) -> Tensor:
-        return torch.zeros(self.hparams["context_dim"], dtype=like.dtype, device=like.device)
+        return torch.zeros(int(self.hparams["context_dim"]), dtype=like.dtype, device=like.device)
 
     def first_context_step(self, meta: Params, weights: Params, x: Tensor, y: Tensor, *, hp: HParams) -> Tensor:
         """nu = 0, then nu <- nu - context_lr * grad_nu L_support(IGS(weights, nu))."""

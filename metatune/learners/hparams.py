@@ -4,14 +4,14 @@ spaces and docs read them from here."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 from metatune._fields import finite_float
 from metatune.errors import ConfigError
 
 __all__ = ["HyperParameter", "Value", "INNER_LR", "INNER_STEPS", "FIRST_ORDER", "COMMON"]
 
-Value = Union[float, int, bool, str]
+Value = float | int | bool | str
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class HyperParameter:
         if self.kind == "categorical":
             if value not in self.choices:
                 raise ConfigError(field, f"expected one of {', '.join(map(repr, self.choices))}, got {value!r}")
-            return value  # type: ignore[return-value]
+            return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             if isinstance(value, str) and self.kind == "float":
                 try:

@@ -35,10 +35,10 @@ class MetaSGD(Learner[AdaptState]):
         for key in self._adapted:
             shape = params[key].shape
             if self.hparams["alpha_init"] == "uniform":
-                lo, hi = self.hparams["alpha_init_low"], self.hparams["alpha_init_high"]
+                lo, hi = float(self.hparams["alpha_init_low"]), float(self.hparams["alpha_init_high"])
                 alpha = torch.rand(shape, generator=generator, dtype=dtype) * (hi - lo) + lo
             else:
-                alpha = torch.full(shape, self.hparams["inner_lr"], dtype=dtype)
+                alpha = torch.full(shape, float(self.hparams["inner_lr"]), dtype=dtype)
             params[PREFIX + key] = alpha
         return params
 

@@ -145,8 +145,8 @@ class MaskedLearner(Learner[AdaptState]):
         for zk in self._zeta_keys:
             cell = self._cells[zk]
             shape = params[zk[len(ZETA):]].shape if self.full else (cell.out_features,)
-            std = self.hparams["logit_init_std_conv" if cell.kind == "conv" else "logit_init_std_fc"]
-            zeta = torch.full(shape, self.hparams["logit_init"], dtype=dtype)
+            std = float(self.hparams["logit_init_std_conv" if cell.kind == "conv" else "logit_init_std_fc"])
+            zeta = torch.full(shape, float(self.hparams["logit_init"]), dtype=dtype)
             if std > 0:
                 zeta = zeta + truncated_normal(tuple(shape), std, generator=generator, dtype=dtype)
             params[zk] = zeta
@@ -222,7 +222,9 @@ class MaskedLearner(Learner[AdaptState]):
     def task_stats(self, meta: Params, state: AdaptState, noise: Noise) -> dict[str, Tensor]:
         if not self.use_M:
             return {}
-        used, count, p_update, frozen = 0.0, 0, 0.0, []
+        used: Tensor | float = 0.0
+        p_update: Tensor | float = 0.0
+        count, frozen = 0, []
         per_cell: dict[str, list[Tensor]] = {}
         for zk in self._zeta_keys:
             zeta = meta[zk].detach()
@@ -236,9 +238,9 @@ class MaskedLearner(Learner[AdaptState]):
             p_update = p_update + p.sum()
             frozen.append(torch.sigmoid(-zeta).mean())
             per_cell.setdefault(self._cells[zk].name, []).append(p.flatten())
-        stats = {
-            "mask_update_fraction": used / count,
-            "mask_p_update": p_update / count,
+        stats: dict[str, Tensor] = {
+            "mask_update_fraction": torch.as_tensor(used / count),
+            "mask_p_update": torch.as_tensor(p_update / count),
             "mask_p_frozen_thesis": torch.stack(frozen).mean(),
         }
         for name, ps in per_cell.items():

@@ -106,14 +106,14 @@ class PAMELA(Learner[PamelaState]):
 
     @property
     def num_q(self) -> int:
-        return self.hparams["inner_steps"]
+        return int(self.hparams["inner_steps"])
 
     def skips(self) -> list[tuple[int, int]]:
-        return skip_indices(self.hparams["inner_steps"], self.hparams["skip_width"])
+        return skip_indices(int(self.hparams["inner_steps"]), int(self.hparams["skip_width"]))
 
     def init_meta_params(self, *, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> Params:
         params = super().init_meta_params(generator=generator, dtype=dtype)
-        lr = self.hparams["inner_lr"]
+        lr = float(self.hparams["inner_lr"])
         for j in range(self.num_q):
             for cell in self._cells:
                 if cell.kind == "conv":
@@ -123,7 +123,7 @@ class PAMELA(Learner[PamelaState]):
                         params[q_key(j, cell, key)] = torch.full(params[key].shape, lr, dtype=dtype)
         for _, s in self.skips():
             for cell in self._cells:
-                params[p_key(s, cell)] = torch.full((), self.hparams["skip_init"], dtype=dtype)
+                params[p_key(s, cell)] = torch.full((), float(self.hparams["skip_init"]), dtype=dtype)
         return params
 
     def _q(self, meta: Params, j: int, cell: Cell, key: str, param: Tensor) -> Tensor:

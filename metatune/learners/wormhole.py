@@ -160,7 +160,7 @@ class Wormhole(Learner[WormholeState]):
         raw = self.init_c(dtype=ref.dtype, device=ref.device, hp=hp)
         lr = hp["wormhole_c_lr"]
         constant = bool(self.hparams["first_order"] or self.hparams["wormhole_c_first_order"])
-        for _ in range(self.hparams["wormhole_c_steps"]):
+        for _ in range(int(self.hparams["wormhole_c_steps"])):
             g = self.support_grad(
                 lambda r: self.loss_at(meta, self.apply_c(theta, r), support_x, support_y), raw, constant=constant,
             )

@@ -109,6 +109,7 @@ class Param:
     def suggest(self, trial: Any) -> Any:
         if self.kind == "categorical":
             return trial.suggest_categorical(self.name, list(self.choices))
+        assert self.low is not None and self.high is not None  # a range (categoricals returned above)
         if self.kind == "int":
             step = int(self.step) if self.step else 1
             return trial.suggest_int(self.name, int(self.low), int(self.high), step=step, log=self.log)
@@ -264,8 +265,9 @@ def _param(
     high = spec.high if spec.high is not None else (decl.search[1] if decl.search else None)
     if low is None or high is None:
         raise ConfigError(field_, f"'{knob}' declares no default search range: give 'low' and 'high'")
-    low = decl.validate(low, field=f"{field_}.low")
-    high = decl.validate(high, field=f"{field_}.high")
+    low_value, high_value = decl.validate(low, field=f"{field_}.low"), decl.validate(high, field=f"{field_}.high")
+    assert isinstance(low_value, (int, float)) and isinstance(high_value, (int, float))  # an int or float knob here
+    low, high = low_value, high_value
     if not low < high:
         raise ConfigError(f"{field_}.high", f"expected high > low, got low={low:g}, high={high:g}")
     log = decl.log if spec.log is None else spec.log
@@ -276,7 +278,7 @@ def _param(
             raise ConfigError(f"{field_}.step", f"expected a positive step, got {spec.step:g}")
         if log:
             raise ConfigError(f"{field_}.step", "'step' cannot be combined with a log scale")
-    kind = "int" if decl.kind == "int" else "float"
+    kind: Literal["int", "float"] = "int" if decl.kind == "int" else "float"
     return Param(name, knob, tuple(learners), kind, low=low, high=high, log=bool(log), step=spec.step)
 
 
