@@ -17,77 +17,29 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 import logging
 import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from metatune import __version__
+from metatune.checkpoint import CHECKPOINT_FILE, CHECKPOINT_FORMAT, load_checkpoint
 from metatune.config import Components, RunConfig, parse_config
 from metatune.engine import ALL_FINITE, COMPILE_STATS, train_step
 from metatune.errors import CheckpointError, ConfigError
-from metatune.evaluate import EvalResult, evaluate
+from metatune.evaluate import evaluate
 from metatune.task_stream import TaskStream
+from metatune.train_result import TrainResult, to_json
 
 __all__ = ["CHECKPOINT_FILE", "TrainResult", "Trainer", "load_checkpoint", "to_json"]
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "checkpoint.pt"
-_FORMAT = "metatune-checkpoint-1"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-@dataclass
-class TrainResult:
-    status: str  # "completed" | "diverged"
-    iterations: int
-    config: dict[str, Any]
-    seed: int
-    wall_time_s: float
-    diverged_at: int | None = None
-    last_finite_loss: float | None = None
-    history: list[dict[str, float]] = field(default_factory=list)
-    evaluation: EvalResult | None = None
-    #: Whether the run compiled, and what it compiled: graphs, cache hits, seconds.
-    compile: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "metatune_version": __version__,
-            "status": self.status,
-            "iterations": self.iterations,
-            "seed": self.seed,
-            "wall_time_s": self.wall_time_s,
-            "diverged_at": self.diverged_at,
-            "last_finite_loss": self.last_finite_loss,
-            "config": self.config,
-            "history": self.history,
-            "evaluation": self.evaluation.to_dict() if self.evaluation else None,
-            "compile": self.compile,
-        }
-
-
-def to_json(data: Any) -> str:
-    """JSON with non-finite floats written as null (strict JSON has no inf/NaN)."""
-
-    def clean(obj: Any) -> Any:
-        if isinstance(obj, float) and not math.isfinite(obj):
-            return None
-        if isinstance(obj, dict):
-            return {k: clean(v) for k, v in obj.items()}
-        if isinstance(obj, (list, tuple)):
-            return [clean(v) for v in obj]
-        return obj
-
-    return json.dumps(clean(data), indent=2, allow_nan=False)
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -334,7 +286,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         generator, task_block = self.tasks.checkpoint()
         return {
-            "format": _FORMAT,
+            "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
             "iteration": self.iteration,
             "status": self.status,
@@ -349,7 +301,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("format") != _FORMAT:
+        if state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"not a metatune checkpoint (format {state.get('format')!r})")
         if set(state["meta"]) != set(self.meta):
             raise CheckpointError("checkpoint parameters do not match this learner/backbone")
@@ -402,56 +354,3 @@ class Trainer:
         except (KeyError, TypeError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{path}: checkpoint does not fit this run ({exc})") from None
         return trainer
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (a pickle that would build Python objects is
-    refused, never run); a corrupt, truncated, bit-flipped or foreign file raises CheckpointError
-    naming it, with a one-line reason."""
-    import pickle
-    import warnings
-    import zipfile
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        # torch.save writes a CRC32 per archive member but torch.load never checks them: a
-        # flipped bit in a tensor would load silently.
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                damaged = archive.testzip()
-            if damaged is not None:
-                raise zipfile.BadZipFile(f"CRC mismatch in {damaged}")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch warns about the pickle protocol of foreign files
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # torch's own message is a page of advice to load with weights_only=False: never that.
-        raise CheckpointError(
-            f"{path}: unreadable checkpoint: corrupt, or it holds Python objects that loading would "
-            "execute (refused by torch.load(weights_only=True))"
-        ) from None
-    except Exception as exc:  # torch and zipfile raise several types for bad archives
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        reason = lines[0].split(". ")[0][:200] if lines else "file cut short"
-        raise CheckpointError(
-            f"{path}: unreadable or truncated checkpoint ({type(exc).__name__}: {reason})"
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != _FORMAT:
-        raise CheckpointError(f"{path}: not a metatune checkpoint")
-    # The right tag over a damaged body: say so here, naming the file, rather than with a
-    # KeyError or AttributeError inside Trainer.load_state_dict.
-    parts = ("config", "iteration", "status", "diverged_at", "last_finite_loss", "wall_time_s",
-             "meta", "optimizer", "generator", "history")  # fmt: skip
-    missing = [k for k in parts if k not in state]
-    if missing:
-        raise CheckpointError(f"{path}: damaged checkpoint (missing {', '.join(missing)})")
-    meta, config = state["meta"], state["config"]
-    if not isinstance(config, dict) or not isinstance(meta, dict):
-        raise CheckpointError(f"{path}: damaged checkpoint ('config' and 'meta' must be mappings)")
-    if not all(isinstance(v, torch.Tensor) for v in meta.values()):
-        raise CheckpointError(f"{path}: damaged checkpoint ('meta' holds values that are not tensors)")
-    return state
-
-

@@ -27,10 +27,11 @@ from metatune.learners.maml import FOMAML, MAML  # noqa: E402
 from metatune.learners.metasgd import MetaSGD  # noqa: E402
 from metatune.learners.mtnet import MNet, MNetFull, MTNet, MTNetFull, TNet  # noqa: E402
 from metatune.learners.pamela import PAMELA  # noqa: E402
+from metatune.learners.state import AdaptState  # noqa: E402
 from metatune.learners.wormhole import Wormhole  # noqa: E402
 
 __all__ = [
-    "COMMON", "FIRST_ORDER", "FOMAML", "INNER_LR", "INNER_STEPS", "LEARNERS", "MAML",
+    "COMMON", "FIRST_ORDER", "FOMAML", "INNER_LR", "INNER_STEPS", "LEARNERS", "MAML", "AdaptState",
     "HParams", "HyperParameter", "Learner", "is_shipped", "MetaSGD", "Noise", "State", "TaskOutput", "register_learner",
     "MNet", "MNetFull", "MTNet", "MTNetFull", "TNet",
     "CxGrad", "PAMELA", "Wormhole",
