@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from metatune._fields import as_plain, build, positive
 from metatune.errors import ConfigError
-from metatune.learners import LEARNERS, Learner
+from metatune.learners import LEARNERS, HyperParameter, Learner
 from metatune.models import Backbone, build_backbone
 from metatune.tasks import TaskDistribution, build_task
 from metatune.yaml_files import read_yaml  # re-exported: callers outside metatune import it from here
@@ -30,16 +30,27 @@ from metatune.yaml_files import read_yaml  # re-exported: callers outside metatu
 __all__ = ["AUTO_COMPILE_MIN_ITERATIONS", "EvaluationConfig", "RunConfig", "TrainingConfig", "Components", "load_config", "read_yaml"]
 
 
+def _searchable(default: Any, knob: HyperParameter) -> Any:
+    """A training setting a search space may sample: ``knob`` (its name filled in by
+    :meth:`TrainingConfig.knobs`) gives its symbol, valid and default search range."""
+    return field(default=default, metadata={"knob": knob})
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainingConfig:
     iterations: int = 1000
-    meta_batch: int = 4
+    meta_batch: int = _searchable(4, HyperParameter(
+        "", "int", 4, symbol="B", low=1, log=True, search=(2, 32), help="tasks per outer step"))
     #: Step size of the outer loop (beta; CxGrad's eta).
-    outer_lr: float = 1e-3
+    outer_lr: float = _searchable(1e-3, HyperParameter(
+        "", "float", 1e-3, symbol="beta", low=0.0, low_open=True, log=True, search=(1e-4, 1e-2),
+        help="outer-loop step size (Adam or SGD)"))
     #: Outer optimiser: Adam in every paper here except Wormhole's Avg-Threshold (plain SGD).
     outer_optimizer: Literal["adam", "sgd"] = "adam"
     #: Clip every meta-gradient element to [-grad_clip, grad_clip] (TF miniImageNet: 10); null = off.
-    grad_clip: float | None = None
+    grad_clip: float | None = _searchable(None, HyperParameter(
+        "", "float", None, low=0.0, low_open=True, log=True, search=(0.1, 100.0),
+        help="meta-gradient clipping bound (null: no clipping)"))
     #: Validate on held-out tasks every this many iterations (0 = only at the end).
     eval_every: int = 1000
     val_tasks: int = 100
@@ -56,6 +67,15 @@ class TrainingConfig:
             positive(getattr(self, name), name, allow_zero=True)
         positive(self.val_tasks, "val_tasks")
         positive(self.log_every, "log_every")
+
+    @classmethod
+    def knobs(cls) -> dict[str, HyperParameter]:
+        """The training settings a search space may sample, by name (the one declaration of
+        each: search spaces validate and default their ranges from it)."""
+        return {
+            f.name: dataclasses.replace(f.metadata["knob"], name=f.name)
+            for f in dataclasses.fields(cls) if "knob" in f.metadata
+        }
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -36,8 +36,8 @@ from mutate import set_path
 
 import metatune.study
 from metatune.cli import main
+from metatune.config import TrainingConfig
 from metatune.learners import LEARNERS
-from metatune.study.search_space import TRAINING_KNOBS
 from metatune.study.spec import StudySpec, load_study, parse_study
 from metatune.tasks import TASKS
 
@@ -106,7 +106,7 @@ class Target:
 
 
 def _declared(learner: str) -> dict[str, Any]:
-    return {**TRAINING_KNOBS, **LEARNERS.get(learner).declared()}
+    return {**TrainingConfig.knobs(), **LEARNERS.get(learner).declared()}
 
 
 def _targets(space: str) -> list[Target]:
@@ -486,7 +486,7 @@ SPACE_KINDS = [
     "yaml_bracket", "yaml_scalar", "binary", "junk", "truncate",
 ]  # fmt: skip
 RANGE_KINDS = ("inverted", "log_low", "step_with_log", "bad_step", "body_key", "bound_type", "huge")
-ALL_KNOBS = set(TRAINING_KNOBS).union(*(LEARNERS.get(n).declared() for n in LEARNERS))
+ALL_KNOBS = set(TrainingConfig.knobs()).union(*(LEARNERS.get(n).declared() for n in LEARNERS))
 
 
 def _body(space: dict, t: Target) -> Any:

@@ -75,10 +75,14 @@ class Learner(abc.ABC, Generic[StateT]):
                     f"{prefix}{key}",
                     f"unknown hyperparameter for learner '{cls.name}'; expected one of: {', '.join(declared)}",
                 )
-        return {
-            name: h.validate(values[name], field=f"{prefix}{name}") if name in values else h.default
-            for name, h in declared.items()
-        }
+        out: dict[str, Value] = {}
+        for name, h in declared.items():
+            if name in values:
+                out[name] = h.validate(values[name], field=f"{prefix}{name}")
+            else:
+                assert h.default is not None, f"learner {cls.name!r} declares no default for {name!r}"
+                out[name] = h.default
+        return out
 
     @classmethod
     def runtime_names(cls) -> tuple[str, ...]:

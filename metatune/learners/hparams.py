@@ -25,7 +25,8 @@ class HyperParameter:
 
     name: str
     kind: Literal["float", "int", "bool", "categorical"]
-    default: Value
+    #: None only for a setting that is off by default (the training knob ``grad_clip``).
+    default: Value | None
     symbol: str = ""
     help: str = ""
     low: float | None = None

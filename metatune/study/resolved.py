@@ -13,11 +13,12 @@ from typing import Any
 import yaml
 
 from metatune._fields import as_plain
+from metatune.config import TrainingConfig
 from metatune.study.param_names import LEARNER_KEY
 from metatune.study.plan import TrialPlan
 from metatune.study.records import VAL_ACCURACY
 from metatune.study.schema import FROZEN_FILE, TUNE_NAME, StudySpec, is_uri
-from metatune.study.search_space import TRAINING_KNOBS, SearchSpace
+from metatune.study.search_space import SearchSpace
 from metatune.study.strategies import SAMPLERS
 
 __all__ = ["Study"]
@@ -122,7 +123,7 @@ class Study:
         return TrialPlan.build(
             study=self.name,
             base=self.base,
-            training_knobs=frozenset(TRAINING_KNOBS),
+            training_knobs=frozenset(TrainingConfig.knobs()),
             metric=self.metric,
             mode=self.mode,
             penalty=self.penalty,

@@ -31,48 +31,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from metatune._fields import build
+from metatune.config import TrainingConfig
 from metatune.errors import ConfigError
 from metatune.learners import LEARNERS, HyperParameter
 from metatune.study.param_names import LEARNER_KEY, branch_learner, branch_name, split_trial_name
 
-__all__ = ["TRAINING_KNOBS", "Param", "SearchSpace", "parse_search_space", "split_trial_name"]
+__all__ = ["Param", "SearchSpace", "parse_search_space", "split_trial_name"]
 
 #: Knobs that live in the run config's ``training`` section and apply to every learner.
-TRAINING_KNOBS: dict[str, HyperParameter] = {
-    "outer_lr": HyperParameter(
-        "outer_lr",
-        "float",
-        1e-3,
-        symbol="beta",
-        low=0.0,
-        low_open=True,
-        log=True,
-        search=(1e-4, 1e-2),
-        help="outer-loop Adam step size",
-    ),
-    "meta_batch": HyperParameter(
-        "meta_batch",
-        "int",
-        4,
-        symbol="B",
-        low=1,
-        log=True,
-        search=(2, 32),
-        help="tasks per outer step",
-    ),
-    "grad_clip": HyperParameter(
-        "grad_clip",
-        "float",
-        10.0,
-        low=0.0,
-        low_open=True,
-        log=True,
-        search=(0.1, 100.0),
-        help="meta-gradient clipping bound",
-    ),
-}
-
-
 @dataclass(frozen=True, kw_only=True)
 class _ParamFile:
     low: float | None = None
@@ -213,7 +179,7 @@ class SearchSpace:
 
 
 def _declared(learner: str) -> dict[str, HyperParameter]:
-    return {**TRAINING_KNOBS, **LEARNERS.get(learner).declared()}
+    return {**TrainingConfig.knobs(), **LEARNERS.get(learner).declared()}
 
 
 def _param(
