@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,6 +81,15 @@ def cmd_learners(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from metatune.schema import file_schema
+
+    print(json.dumps(file_schema(args.kind), indent=2))
+    return 0
+
+
 def one_line(text: str) -> str:
     """``text`` with non-printable characters (newlines, tabs, NUL, ...) as Python escapes: an
     error is one line even when the file's keys or values hold such characters."""
@@ -106,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="a Markdown table (the one in docs/learners.md)")
     p.set_defaults(func=cmd_learners)
 
+    p = sub.add_parser("schema", help="print the JSON Schema of a run config, study file or search space (for editors)")
+    p.add_argument("kind", choices=["run", "study", "search-space"])
+    p.set_defaults(func=cmd_schema)
+
     from metatune.study.cli import register_commands
 
     register_commands(sub)
@@ -124,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("metatune: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `metatune schema study | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
