@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metatune.errors import ConfigError
+from metatune.study.preflight import check_resources, clear_study_folder, hold_study_lock, writable_folder
 from metatune.study.records import TrialStatus
 
 if TYPE_CHECKING:
@@ -122,6 +122,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from metatune.study.spec import FROZEN_FILE, is_uri, load_study
 
     study = load_study(args.study, storage=args.storage, tracking_uri=args.tracking_uri)
+    _preflight(study, args)
+    writable_folder(study.dir, "--storage" if args.storage else "storage")
+    lock = hold_study_lock(study.dir, study.name)  # held until this driver exits
     frozen = study.dir / FROZEN_FILE
     resume = False
     if frozen.is_file():
@@ -130,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 raise ConfigError(
                     "--overwrite", f"will not delete remote storage {study.tune_root}; remove it yourself"
                 )
-            shutil.rmtree(study.dir)
+            clear_study_folder(study.dir)
         elif _same_study(read_yaml(frozen), study.frozen()):
             print(
                 f"study '{study.name}' already exists in {study.dir}: resuming it (--overwrite starts afresh)"
@@ -145,16 +148,33 @@ def cmd_run(args: argparse.Namespace) -> int:
                 source=args.study,
             )
     study.write_frozen()
-    return _execute(study, args, resume=resume)
+    try:
+        return _execute(study, args, resume=resume)
+    finally:
+        lock.release()
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from metatune.study.spec import open_study
 
     study = open_study(args.study, tracking_uri=args.tracking_uri)
-    if args.tracking_uri:
-        study.write_frozen()
-    return _execute(study, args, resume=True)
+    _preflight(study, args)
+    writable_folder(study.dir, "<study>")
+    lock = hold_study_lock(study.dir, study.name)
+    try:
+        if args.tracking_uri:
+            study.write_frozen()
+        return _execute(study, args, resume=True)
+    finally:
+        lock.release()
+
+
+def _preflight(study: Study, args: argparse.Namespace) -> None:
+    """What can be refused before Ray starts: the driver's options against the study's needs."""
+    check_resources(
+        cpus_per_trial=study.spec.resources.cpus, gpus_per_trial=study.spec.resources.gpus,
+        num_cpus=args.num_cpus, num_gpus=args.num_gpus, address=args.address,
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -266,5 +266,20 @@ def open_study(ref: str | Path, *, tracking_uri: str | None = None) -> Study:
             f"no study found at {frozen.parent} (expected {FROZEN_FILE} written by `metatune run`)",
             source=str(ref),
         )
-    data = read_yaml(frozen)
+    data = _relocated(read_yaml(frozen), frozen.parent)
     return parse_study(data, source=str(frozen), tracking_uri=tracking_uri)
+
+
+def _relocated(data: Any, here: Path) -> Any:
+    """A frozen copy found in another folder than the one it names was moved or copied there
+    (``cp -r A B``): it is the study of the folder it is in, with its default MLflow store."""
+    if not isinstance(data, dict) or not isinstance(data.get("storage"), str) or is_uri(data["storage"]):
+        return data
+    old, new = Path(data["storage"]).expanduser().resolve(), here.resolve()
+    if old == new:
+        return data
+    out = {**data, "storage": str(new)}
+    tracking = data.get("tracking")
+    if isinstance(tracking, dict) and tracking.get("uri") == f"sqlite:///{old / 'mlflow.db'}":
+        out["tracking"] = {**tracking, "uri": f"sqlite:///{new / 'mlflow.db'}"}
+    return out

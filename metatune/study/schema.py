@@ -197,12 +197,22 @@ class StudySpec:
         positive(self.max_failures, "max_failures", allow_zero=True)
 
 
+#: MLflow tracking schemes metatune can log to (http(s) servers, SQL stores, Databricks).
+TRACKING_SCHEMES = frozenset({"http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks"})
+
+
 def check_tracking_uri(uri: str, field_: str) -> None:
     if "://" not in uri or uri.startswith("file:"):
         raise ConfigError(
             field_,
             f"MLflow >= 3.13 refuses file stores ({uri!r}); expected sqlite:////abs/path/mlflow.db "
             "or http://host:port",
+        )
+    # A typo such as htp:// would otherwise be accepted and every run silently lost.
+    scheme = uri.split("://", 1)[0].lower().split("+")[0]  # postgresql+psycopg2 -> postgresql
+    if scheme not in TRACKING_SCHEMES:
+        raise ConfigError(
+            field_, f"expected a tracking URI with scheme {', '.join(sorted(TRACKING_SCHEMES))}; got {uri!r}"
         )
 
 

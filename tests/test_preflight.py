@@ -1,0 +1,141 @@
+"""A study driver refuses, in one line with exit 2 and before Ray starts, what cannot work: a
+second driver on the same study folder, impossible resources, a mistyped tracking URI, and a
+storage folder it cannot write. Real processes; each case is bounded in time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+STUDY = {
+    "name": "preflight",
+    "task": {"name": "sine", "protocol": "metasgd", "shots": 5},
+    "learners": ["maml"],
+    "search_space": {"params": {"inner_lr": {}}},
+    "trials": 1,
+    "training": {"iterations": 20, "eval_every": 10},
+    "evaluation": {"tasks": 10},
+    "run": {"compile": False},
+}
+
+
+def study_file(tmp_path: Path, **changes) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**STUDY, **changes}))
+    return path
+
+
+def metatune(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "metatune", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def refused(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-500:], err[-1500:])
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert "Ray" not in proc.stdout and "trials:" not in proc.stdout  # nothing started
+
+
+def test_a_second_driver_on_the_same_study_is_refused(tmp_path):
+    """While another process holds the study's driver lock, `run` (and `--overwrite`) and
+    `resume` are refused and change nothing; once that process is killed, the lock is free."""
+    path, storage = study_file(tmp_path), tmp_path / "study"
+    storage.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        from pathlib import Path
+        from metatune.study.preflight import hold_study_lock
+        lock = hold_study_lock(Path({str(storage)!r}), "preflight")
+        print("held", flush=True)
+        import time; time.sleep(120)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (storage / "keep.txt").write_text("recorded")
+        start = time.monotonic()
+        refused(metatune("run", str(path), "--storage", str(storage), cwd=tmp_path), "being run by another")
+        refused(metatune("run", str(path), "--storage", str(storage), "--overwrite", cwd=tmp_path),
+                "being run by another")
+        assert time.monotonic() - start < 60
+        assert (storage / "keep.txt").read_text() == "recorded"  # --overwrite deleted nothing
+        assert not (storage / "study.frozen.yaml").exists() and not (storage / "tune").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    from metatune.study.preflight import hold_study_lock  # a killed holder leaves no stale lock
+
+    hold_study_lock(storage, "preflight").release()
+
+
+@pytest.mark.parametrize(("options", "needles"), [
+    (["--num-cpus", "0"], ["field '--num-cpus'", "expected a positive number, got 0"]),
+    (["--num-cpus", "-4"], ["field '--num-cpus'", "got -4"]),
+    (["--num-gpus", "-1"], ["field '--num-gpus'"]),
+    (["--tracking-uri", "htp://127.0.0.1:5000"], ["tracking", "'htp://127.0.0.1:5000'"]),
+])
+def test_bad_driver_options_fail_before_ray(tmp_path, options, needles):
+    refused(metatune("run", str(study_file(tmp_path)), "--storage", str(tmp_path / "s"), *options,
+                     cwd=tmp_path), *needles)
+    assert not (tmp_path / "s" / "tune").exists()
+
+
+def test_more_cpus_per_trial_than_the_local_ray_has_fails_before_ray(tmp_path):
+    path = study_file(tmp_path, resources={"cpus": 1000})
+    refused(metatune("run", str(path), "--storage", str(tmp_path / "s"), cwd=tmp_path),
+            "field 'resources.cpus'", f"{os.cpu_count()} CPU(s)", "got 1000")
+    refused(metatune("run", str(study_file(tmp_path, resources={"cpus": 2})), "--storage", str(tmp_path / "s"),
+                     "--num-cpus", "1", cwd=tmp_path), "field 'resources.cpus'", "1 CPU(s)")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_gpu_per_trial_without_a_gpu_fails_before_ray(tmp_path):
+    refused(metatune("run", str(study_file(tmp_path, resources={"gpus": 1})), "--storage", str(tmp_path / "s"),
+                     cwd=tmp_path), "field 'resources.gpus'", "0 GPU(s)")
+
+
+def test_a_study_file_with_a_mistyped_tracking_uri_is_refused(tmp_path):
+    path = study_file(tmp_path, tracking={"uri": "htp://127.0.0.1:5000"})
+    refused(metatune("run", str(path), "--storage", str(tmp_path / "s"), cwd=tmp_path),
+            str(path), "tracking.uri", "htp://")
+
+
+def test_unwritable_storage_is_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    for storage in (tmp_path / "a_file" / "study", Path("/proc/metatune-study")):
+        refused(metatune("run", str(study_file(tmp_path)), "--storage", str(storage), cwd=tmp_path),
+                "field '--storage'", "expected a folder metatune can write", str(storage))
+
+
+def test_resume_of_a_copied_study_stays_in_its_folder(tmp_path):
+    """`cp -r A B; metatune resume B` works in B (its Tune state, Parquet and MLflow store) and
+    leaves A as it was."""
+    import shutil
+
+    a, b = tmp_path / "A", tmp_path / "B"
+    done = metatune("run", str(study_file(tmp_path)), "--storage", str(a), "--num-cpus", "1", cwd=tmp_path,
+                    timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    shutil.copytree(a, b)
+    before = {p.relative_to(a): p.stat().st_mtime_ns for p in a.rglob("*") if p.is_file()}
+    resumed = metatune("resume", str(b), "--num-cpus", "1", cwd=tmp_path, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert f"folder {b}" in resumed.stdout and str(a) not in resumed.stdout
+    after = {p.relative_to(a): p.stat().st_mtime_ns for p in a.rglob("*") if p.is_file()}
+    changed = {p for p in set(before) | set(after) if before.get(p) != after.get(p)}
+    # Known gap (issue 12): MLflow fixes a run's artifact location in its store when the run is
+    # created, with no public API to move it, so the copied parent run's table artifacts still go
+    # to A's mlartifacts/. Nothing else of A may change.
+    assert all(p.parts[0] == "mlartifacts" for p in changed), sorted(map(str, changed))
+    assert f"sqlite:///{b / 'mlflow.db'}" in resumed.stdout
+    assert "1/1 done" in resumed.stdout or "1 completed" in resumed.stdout
