@@ -293,7 +293,9 @@ def train_step(
     the uncompiled update. The update is applied whether or not the step was finite (the
     trainer rewinds, see ``metatune.trial``).
     """
-    gradient = meta_gradient(learner, compile=compile)
+    update = OuterUpdate.of(optimizer, clips=grad_clip is not None) if compile else None
+    # With the update in the graph, the uncompiled path is only the fallback: keep it plain.
+    gradient = meta_gradient(learner, compile=compile and update is None)
 
     def eager(meta: Params, batch: TaskBatch, noise: Noise, hp: HParams) -> tuple[Tensor, TaskOutput]:
         loss, grads, out = gradient(meta, batch, noise, hp)
@@ -305,7 +307,6 @@ def train_step(
         optimizer.step()
         return loss.detach(), out
 
-    update = OuterUpdate.of(optimizer, clips=grad_clip is not None) if compile else None
     if update is None:
         return eager
     steps: dict[tuple, _Compiled] = {}

@@ -19,7 +19,7 @@ from contract_settings import settings_for
 from reference import REFERENCES
 
 from metatune.config import parse_config
-from metatune.engine import COMPILE_STATS, evaluation_forward, meta_gradient
+from metatune.engine import COMPILE_STATS, evaluation_forward, meta_gradient, train_step
 from metatune.errors import ConfigError
 from metatune.learners import LEARNERS, MAML, MTNet, is_shipped
 from metatune.models import MLP
@@ -203,6 +203,23 @@ def test_user_learner_falls_back_once_with_a_warning(monkeypatch, caplog):
             loss, grads, _ = compiled(meta, batch, {})
             ref_loss, ref, _ = plain(meta, batch, {})
             assert torch.equal(loss, ref_loss) and all(torch.equal(grads[k], ref[k]) for k in meta)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "uncompiled" in warnings[0], warnings
+
+
+def test_user_learner_train_step_falls_back_once_and_trains_as_eager(monkeypatch, caplog):
+    """The Trainer's step (meta-gradient + Adam in one graph) of a user learner that cannot
+    compile: one warning, then exactly the uncompiled step (meta-gradient, optimizer.step())."""
+    monkeypatch.setattr(torch, "compile", _broken_compile)
+    learner, meta, data = _user_setup(_UserMAML, (6, 4))
+    twin = {k: v.detach().clone().requires_grad_() for k, v in meta.items()}
+    step = train_step(learner, torch.optim.Adam(list(meta.values()), lr=1e-2), compile=True)
+    ref = train_step(learner, torch.optim.Adam(list(twin.values()), lr=1e-2))
+    hp = learner.runtime_hparams(dtype=F64)
+    with caplog.at_level(logging.WARNING, logger="metatune.engine"):
+        for batch in data:
+            assert torch.equal(step(meta, batch, {}, hp)[0], ref(twin, batch, {}, hp)[0])
+    assert all(torch.equal(meta[k], twin[k]) for k in meta)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "uncompiled" in warnings[0], warnings
 
