@@ -139,3 +139,22 @@ def test_resume_of_a_copied_study_stays_in_its_folder(tmp_path):
     assert all(p.parts[0] == "mlartifacts" for p in changed), sorted(map(str, changed))
     assert f"sqlite:///{b / 'mlflow.db'}" in resumed.stdout
     assert "1/1 done" in resumed.stdout or "1 completed" in resumed.stdout
+
+
+def test_a_view_that_cannot_be_written_does_not_stop_the_study(tmp_path):
+    """The study table's folder is a file (a write the disk refuses, as a full or read-only disk
+    would): the study still finishes (exit 0) and says how to restore the views; `report`
+    rewrites them once the disk accepts writes again."""
+    storage = tmp_path / "s"
+    storage.mkdir()
+    (storage / "table").write_text("in the way")
+    done = metatune("run", str(study_file(tmp_path)), "--storage", str(storage), "--num-cpus", "1",
+                    "--no-mlflow", cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "writing the study's files failed" in done.stdout and f"metatune report {storage}" in done.stdout
+    assert "1/1 done" in done.stdout or "1 completed" in done.stdout
+    (storage / "table").unlink()
+    report = metatune("report", str(storage), "--no-mlflow", cwd=tmp_path, timeout=300)
+    assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
+    assert (storage / "table" / "study_table.md").is_file()

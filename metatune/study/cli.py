@@ -85,20 +85,28 @@ def _execute(study: Study, args: argparse.Namespace, *, resume: bool) -> int:
     finished = len(records) >= study.num_trials and all(r.finished for r in records)
     state = "finished" if finished and not interrupted else "interrupted"
     views.finish("FINISHED" if state == "finished" else "KILLED", records)
-    monitor.end(records, state)
-    exported = export_best(records, study.best_dir, study=study.name, metric=study.metric, mode=study.mode)
+    views.write_guarded(monitor.end, records, state)
+    exported = views.write_guarded(
+        export_best, records, study.best_dir, study=study.name, metric=study.metric, mode=study.mode
+    ) or []
     print()
     print(summary_table(records, metric=study.metric, mode=study.mode, learners=study.learners))
-    print(f"\nstudy table ({files['md']}):\n")
-    print(Path(files["md"]).read_text())
+    if "md" in files:
+        print(f"\nstudy table ({files['md']}):\n")
+        print(Path(files["md"]).read_text())
     print("Where to look:")
     print(f"  MLflow UI:    {_ui_hint(study)}")
-    print(f"  every trial:  {files['parquet']}")
+    print(f"  every trial:  {files.get('parquet', 'not written (see the note below)')}")
     if exported:
         print(f"  best configs: {', '.join(str(e.path) for e in exported)}")
         print(f"                (retrain one alone: metatune train {exported[0].path})")
     else:
         print("  best configs: none yet (no trial completed)")
+    if views.write_errors:
+        print(
+            f"  note: writing the study's files failed {views.write_errors} time(s) ({views.last_write_error}); "
+            f"nothing is lost: `metatune report {study.dir}` rewrites them from the Tune storage"
+        )
     if views.mlflow_errors:
         print(
             f"  note: MLflow failed {views.mlflow_errors} time(s) ({views.last_error}); "

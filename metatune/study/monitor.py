@@ -77,7 +77,7 @@ class StudyMonitor:
         self._print("  " + self.describe(record))
         self.views.trial(record)
         self.views.refresh_study(list(self.records.values()))
-        self.write_status("running")
+        self.views.write_guarded(self.write_status, "running")
 
     def describe(self, r: TrialRecord) -> str:
         where = f"{r.name} ({format_params(r)})"
@@ -113,7 +113,7 @@ class StudyMonitor:
         if line != self._last_line:
             self._print(line)
             self._last_line = line
-        self.write_status("running")
+        self.views.write_guarded(self.write_status, "running")
 
     def end(self, records: Sequence[TrialRecord], state: str) -> None:
         for r in records:

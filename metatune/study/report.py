@@ -52,8 +52,10 @@ def study_table(study: Study, records: Sequence[TrialRecord]) -> StudyTable:
 
 
 class Views:
-    """Writes the local files and (optionally) MLflow. MLflow failures never stop a study: they
-    are logged once, MLflow is skipped for a minute, and ``metatune report`` catches up later."""
+    """Writes the local files and (optionally) MLflow. Neither stops a study when it fails:
+    an MLflow failure is logged once and MLflow skipped for a minute; a local write that fails
+    (a full or read-only disk) is logged and counted. ``metatune report`` catches up later,
+    since the Tune storage holds every result."""
 
     def __init__(self, study: Study, *, tracker: Tracker | None = None, retry_after_s: float = 60.0) -> None:
         self.study = study
@@ -62,6 +64,19 @@ class Views:
         self._down_until = 0.0
         self.mlflow_errors = 0
         self.last_error: str | None = None
+        self.write_errors = 0
+        self.last_write_error: str | None = None
+
+    def write_guarded(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn`` writing local view files; an OSError is counted and logged, never raised."""
+        try:
+            return fn(*args, **kwargs)
+        except OSError as exc:
+            self.write_errors += 1
+            self.last_write_error = f"{type(exc).__name__}: {exc}"
+            log.warning("could not write the study's views in %s (%s); `metatune report %s` rewrites them",
+                        self.study.dir, self.last_write_error, self.study.dir)
+            return None
 
     # ------------------------------------------------------------------ MLflow, guarded
     def _mlflow(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -131,15 +146,7 @@ class Views:
             return
         files: dict[str, Path] = {}
         if record.finished:
-            d.mkdir(parents=True, exist_ok=True)
-            cfg = d / "run_config.yaml"
-            cfg.write_text(yaml.safe_dump(trainable_config(record), sort_keys=False))
-            (d / "trial.json").write_text(json.dumps(record.to_dict(), indent=1, default=str))
-            files = {"": cfg, "data": d / "trial.json"}
-            if record.curves:
-                from metatune.study.plots import trial_plot
-
-                trial_plot(record, plot)
+            files = self.write_guarded(self._trial_files, record, d, plot) or {}
         if tracker is not None:
             self._mlflow(tracker.log_trial, record, plot=plot if plot.is_file() else None, files=files)
 
@@ -190,8 +197,22 @@ class Views:
         ]
         return "\n".join(lines)
 
+    def _trial_files(self, record: TrialRecord, d: Path, plot: Path) -> dict[str, Path]:
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = d / "run_config.yaml"
+        cfg.write_text(yaml.safe_dump(trainable_config(record), sort_keys=False))
+        (d / "trial.json").write_text(json.dumps(record.to_dict(), indent=1, default=str))
+        if record.curves:
+            from metatune.study.plots import trial_plot
+
+            trial_plot(record, plot)
+        return {"": cfg, "data": d / "trial.json"}
+
     def refresh_study(self, records: Sequence[TrialRecord]) -> dict[str, Path]:
-        files = self.files(records)
+        """Parquet, study table and plot (and their MLflow copies); {} when the disk refused them."""
+        files = self.write_guarded(self.files, records)
+        if files is None:
+            return {}
         markdown = files.pop("_markdown")
         tracker = self._ready()
         if tracker is not None:
