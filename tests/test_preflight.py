@@ -158,3 +158,25 @@ def test_a_view_that_cannot_be_written_does_not_stop_the_study(tmp_path):
     report = metatune("report", str(storage), "--no-mlflow", cwd=tmp_path, timeout=300)
     assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
     assert (storage / "table" / "study_table.md").is_file()
+
+
+def test_a_half_created_mlflow_store_heals(tmp_path):
+    """A study whose first start was interrupted while MLflow created its tables (some tables,
+    no schema version, no runs): the next run moves that file aside and logs to a fresh store."""
+    import sqlite3
+
+    storage = tmp_path / "s"
+    storage.mkdir()
+    with sqlite3.connect(storage / "mlflow.db") as con:  # what the interrupted creation leaves
+        for table in ("experiments", "runs", "tags", "trace_info"):
+            con.execute(f"CREATE TABLE {table} (id INTEGER)")
+    done = metatune("run", str(study_file(tmp_path)), "--storage", str(storage), "--num-cpus", "1",
+                    cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "already exists" not in done.stdout + done.stderr and "MLflow failed" not in done.stdout
+    assert len(list(storage.glob("mlflow.db.incomplete-*"))) == 1
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("preflight")
+    assert exp is not None and len(client.search_runs([exp.experiment_id])) == 2  # parent + 1 trial

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from metatune.study._mlflow_store import heal_incomplete_sqlite_store
 from metatune.study.records import TrialRecord, TrialStatus
 
 __all__ = ["Tracker", "configure_mlflow_env", "redact_uri", "ui_command"]
@@ -110,6 +111,7 @@ class Tracker:
             from mlflow.tracking import MlflowClient
 
             configure_mlflow_env()
+            heal_incomplete_sqlite_store(self.uri)  # an interrupted first start breaks MLflow for good
             self._client_obj = MlflowClient(tracking_uri=self.uri)
         return self._client_obj
 
