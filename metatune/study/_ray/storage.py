@@ -34,13 +34,20 @@ __all__ = [
     "prune_checkpoints",
     "snapshot_trials",
     "store_final",
+    "store_latest_checkpoint",
     "stored_final",
+    "stored_latest_checkpoint",
 ]
 
 log = logging.getLogger(__name__)
 
 #: In a finished trial's storage folder: its final report, replayed if the trial runs again.
 FINAL_FILE = "final.json"
+#: In a trial's storage folder: the checkpoint of its latest report, written before the report.
+#: Tune can hand a retried worker an older checkpoint than the last result it logged (seen: a
+#: worker killed right after reporting iteration 250 was retried from 200), so a restart
+#: takes whichever of the two is further on: nothing is trained twice.
+LATEST_CHECKPOINT_FILE = "latest_checkpoint.pt"
 #: Written into a trial's folder when it ends in error (see mark_error).
 ERROR_MARKER = "metatune_error.json"
 #: What the error marker holds: when, retries so far, the error's last line.
@@ -63,6 +70,26 @@ def store_final(text: str) -> None:
         out.write(text.encode())
     # A rename: a reader never sees half a file (object stores copy; still one visible write).
     fs.move(tmp, f"{trial_dir}/{FINAL_FILE}")
+
+
+def store_latest_checkpoint(data: bytes) -> None:
+    fs, trial_dir = _trial_storage()
+    fs.create_dir(trial_dir, recursive=True)
+    tmp = f"{trial_dir}/.{LATEST_CHECKPOINT_FILE}.tmp"
+    with fs.open_output_stream(tmp) as out:
+        out.write(data)
+    fs.move(tmp, f"{trial_dir}/{LATEST_CHECKPOINT_FILE}")
+
+
+def stored_latest_checkpoint(dest: Path) -> bool:
+    """Copy the trial's latest checkpoint to ``dest``; False when there is none."""
+    fs, trial_dir = _trial_storage()
+    path = f"{trial_dir}/{LATEST_CHECKPOINT_FILE}"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return False
+    with fs.open_input_stream(path) as f:
+        dest.write_bytes(f.read())
+    return True
 
 
 def stored_final() -> dict[str, Any] | None:

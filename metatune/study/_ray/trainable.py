@@ -5,6 +5,7 @@ config of its own trial."""
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -13,12 +14,20 @@ from typing import Any
 
 from ray import tune
 
-from metatune.study._ray.storage import store_final, stored_final
+from metatune.errors import CheckpointError
+from metatune.study._ray.storage import (
+    store_final,
+    store_latest_checkpoint,
+    stored_final,
+    stored_latest_checkpoint,
+)
 from metatune.study.plan import TrialPlan
 from metatune.study.records import VAL_ACCURACY, VAL_LOSS, TrialStatus, final_payload, intermediate_payload
 from metatune.study.resolved import Study
 
 __all__ = ["StudyTrainable", "make_trainable", "run_trial"]
+
+log = logging.getLogger(__name__)
 
 #: What Tune runs: the trial function with its resources attached.
 StudyTrainable = type[tune.Trainable] | Callable[[dict[str, Any]], None]
@@ -44,6 +53,15 @@ def run_trial(plan: TrialPlan, config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             trainer = Trainer.restore(Path(d) / CHECKPOINT_FILE, components)
+    with tempfile.TemporaryDirectory(prefix="metatune-latest-") as d:
+        latest = Path(d) / CHECKPOINT_FILE
+        try:
+            candidate = Trainer.restore(latest, components) if stored_latest_checkpoint(latest) else None
+        except CheckpointError as exc:  # a damaged copy: Tune's own checkpoint still stands
+            log.warning("ignoring the trial's latest-checkpoint copy: %s", exc)
+            candidate = None
+        if candidate is not None and (trainer is None or candidate.iteration > trainer.iteration):
+            trainer = candidate  # further on than the checkpoint Tune handed over
     if trainer is None:
         trainer = Trainer(components)
 
@@ -54,7 +72,8 @@ def run_trial(plan: TrialPlan, config: dict[str, Any]) -> None:
             return
         payload = intermediate_payload(metrics, metric=plan.metric, penalty=plan.penalty)
         with tempfile.TemporaryDirectory(prefix="metatune-ckpt-") as d:
-            tr.save(Path(d) / CHECKPOINT_FILE)
+            path = tr.save(Path(d) / CHECKPOINT_FILE)
+            store_latest_checkpoint(path.read_bytes())  # before Tune logs the result (see storage)
             tune.report(payload, checkpoint=tune.Checkpoint.from_directory(d))
 
     result = trainer.train(report=report)
