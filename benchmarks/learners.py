@@ -280,7 +280,7 @@ def environment(args: argparse.Namespace) -> dict:
     import torch
 
     return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
         "processor": cpu_model(), "cpu_count": os.cpu_count(), "threads": args.threads, "device": args.device,

@@ -454,7 +454,7 @@ def environment(args: argparse.Namespace, default_threads: int) -> dict:
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover
         higher_version = None
     return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "python": platform.python_version(), "torch": torch.__version__, "higher": higher_version,
         "platform": platform.platform(), "processor": cpu_model(),
