@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from metatune.atomic_files import write_atomic
 from metatune.errors import CheckpointError, ConfigError
 
 __all__ = ["main"]
@@ -67,7 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"(seed {cfg.seed}); output in {out}")
     result = trainer.train(checkpoint_dir=out, progress=not args.no_progress)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").write_text(to_json(result.to_dict()))
+    write_atomic(out / "result.json", to_json(result.to_dict()))
     _print_eval(result)
     print(f"\nwall time {result.wall_time_s:.1f} s; results: {out / 'result.json'}")
     return 0

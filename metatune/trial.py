@@ -19,7 +19,6 @@ import copy
 import io
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 import torch
 
+from metatune.atomic_files import write_atomic
 from metatune.checkpoint import CHECKPOINT_FILE, CHECKPOINT_FORMAT, load_checkpoint
 from metatune.config import Components, RunConfig, parse_config
 from metatune.engine import ALL_FINITE, COMPILE_STATS, train_step
@@ -319,14 +319,9 @@ class Trainer:
 
     def save(self, path: str | Path) -> Path:
         """Write a checkpoint atomically (temp file + rename) so a kill never leaves half a file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         torch.save(self.state_dict(), buf)
-        tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, path)
-        return path
+        return write_atomic(path, buf.getvalue())
 
     @classmethod
     def restore(cls, path: str | Path, components: Components | None = None) -> Trainer:

@@ -36,12 +36,20 @@ def finals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class Driver:
     """`python -m metatune ARGS` in a new session; output goes to LOG."""
 
-    def __init__(self, args: list[str], *, cwd: Path, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        *,
+        cwd: Path,
+        log: Path,
+        env: dict[str, str] | None = None,
+        prefix: list[str] | None = None,
+    ) -> None:
         self.log = log
         self._fh = open(log, "ab")
         self.start = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "metatune", *args],
+            [*(prefix or []), sys.executable, "-m", "metatune", *args],
             cwd=cwd,
             stdout=self._fh,
             stderr=subprocess.STDOUT,

@@ -10,6 +10,7 @@ concurrent writers.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -43,6 +44,17 @@ def configure_mlflow_env() -> None:
     """Apply _CLIENT_ENV; MLflow reads these on each request, so this may run any time before."""
     for key, value in _CLIENT_ENV:
         os.environ.setdefault(key, value)
+    store_log = logging.getLogger("mlflow.store.db.utils")
+    if _quiet_store not in store_log.filters:
+        store_log.addFilter(_quiet_store)
+
+
+def _quiet_store(record: logging.LogRecord) -> bool:
+    """MLflow's sqlite store announces creating and migrating its tables, and logs each failed
+    query with the SQL and a traceback; the study says "MLflow failed ..." once instead."""
+    message = record.getMessage()
+    return not message.startswith(("Creating initial MLflow database tables", "Updating database tables",
+                                   "SQLAlchemy database error"))
 
 
 TAG_STUDY = "metatune.study"

@@ -67,17 +67,37 @@ def _execute(study: Study, args: argparse.Namespace, *, resume: bool) -> int:
         + " per trial)"
     )
     print(f"  folder {study.dir}\n  MLflow {_public_uri(study)} (experiment '{study.experiment}')")
+    if resume:
+        repaired = _ray.repair_snapshot(study)  # before Tune reads it: a cut-short snapshot restarts it
+        if repaired:
+            print(f"  {repaired}")
     views = Views(study, tracker=None if args.no_mlflow else _tracker(study))
     views.start()
     monitor = StudyMonitor(study, views, interval_s=args.progress_every)
-    interrupted = False
+    interrupted, disk_problem = False, None
     try:
         _ray.init_ray(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus, verbose=args.verbose)
-        _ray.run_study(study, monitor, resume=resume)
+        run = _ray.run_study(study, monitor, resume=resume)
+        interrupted, disk_problem = run.interrupted, run.disk_problem
     except KeyboardInterrupt:
         interrupted = True
+    except _ray.RestoreFailed as exc:
+        raise ConfigError(
+            "<study>",
+            f"Tune could not restore the experiment in {study.tune_path} ({exc}); it would have started "
+            "a new one, so nothing was run and nothing changed",
+            source=str(study.dir),
+        ) from None
     finally:
         _ray.shutdown_ray()
+    if disk_problem is not None:
+        # No views: they live on the same disk. The next resume or report brings them up to date
+        # (and closes the MLflow runs this driver leaves open).
+        print(
+            f"\nstudy stopped: the disk holding {study.dir} refuses writes ({disk_problem}). Nothing "
+            f"recorded is lost: free space (or make it writable), then `metatune resume {study.dir}`"
+        )
+        return 1
     records = _ray.read_records(study)
     for r in records:
         views.trial(r)

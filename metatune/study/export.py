@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from metatune.atomic_files import write_atomic
 from metatune.config import parse_config
 from metatune.study.records import TrialRecord, TrialStatus, format_params
 
@@ -72,7 +73,7 @@ def export_best(
                 f"{metric} {r.objective:.4g}{test}.\n"
                 f"# Retrain with: metatune train {path}\n"
             )
-            path.write_text(header + yaml.safe_dump(cfg, sort_keys=False))
+            write_atomic(path, header + yaml.safe_dump(cfg, sort_keys=False))
             written.append(Exported(learner, rank, path, r))
     return written
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from metatune.atomic_files import replacing
 from metatune.study.records import TrialRecord, TrialStatus
 from metatune.study.table import StudyTable
 
@@ -87,8 +88,8 @@ def study_plot(table: StudyTable, path: str | Path, *, title: str = "") -> Path:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
 
@@ -144,7 +145,7 @@ def trial_plot(record: TrialRecord, path: str | Path) -> Path | None:
         ax.grid(True, alpha=0.3)
     fig.suptitle(f"{record.name}: {record.status}", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
     return path

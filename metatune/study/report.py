@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from metatune.atomic_files import write_atomic
 from metatune.study._mlflow import Tracker, redact_uri
 from metatune.study.export import trainable_config
 from metatune.study.published import PUBLISHED
@@ -74,8 +75,11 @@ class Views:
         except OSError as exc:
             self.write_errors += 1
             self.last_write_error = f"{type(exc).__name__}: {exc}"
-            log.warning("could not write the study's views in %s (%s); `metatune report %s` rewrites them",
-                        self.study.dir, self.last_write_error, self.study.dir)
+            # Said once: a full disk fails every write; the summary at the end gives the count.
+            (log.warning if self.write_errors == 1 else log.debug)(
+                "could not write the study's views in %s (%s); `metatune report %s` rewrites them",
+                self.study.dir, self.last_write_error, self.study.dir,
+            )
             return None
 
     # ------------------------------------------------------------------ MLflow, guarded
@@ -164,11 +168,10 @@ class Views:
         table = study_table(self.study, records)
         for key, rel in TABLE_FILES.items():
             path = d / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
             if key == "csv":
-                path.write_text(table.to_csv())
+                write_atomic(path, table.to_csv())
             elif key == "md":
-                path.write_text(table.to_markdown())
+                write_atomic(path, table.to_markdown())
             else:
                 study_plot(table, path, title=table.title)
             out[key] = path
@@ -200,8 +203,8 @@ class Views:
     def _trial_files(self, record: TrialRecord, d: Path, plot: Path) -> dict[str, Path]:
         d.mkdir(parents=True, exist_ok=True)
         cfg = d / "run_config.yaml"
-        cfg.write_text(yaml.safe_dump(trainable_config(record), sort_keys=False))
-        (d / "trial.json").write_text(json.dumps(record.to_dict(), indent=1, default=str))
+        write_atomic(cfg, yaml.safe_dump(trainable_config(record), sort_keys=False))
+        write_atomic(d / "trial.json", json.dumps(record.to_dict(), indent=1, default=str))
         if record.curves:
             from metatune.study.plots import trial_plot
 

@@ -3,7 +3,6 @@ settled, and the trial plan the workers receive. Made by :mod:`metatune.study.re
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -13,6 +12,7 @@ from typing import Any
 import yaml
 
 from metatune._fields import as_plain
+from metatune.atomic_files import write_atomic
 from metatune.config import TrainingConfig
 from metatune.study.param_names import LEARNER_KEY
 from metatune.study.plan import TrialPlan
@@ -153,7 +153,4 @@ class Study:
             f"# Frozen copy of study '{self.name}' (from {self.source}), written by metatune run.\n"
             "# `metatune resume/status/report/export` read this file; edit the original instead.\n"
         )
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(header + yaml.safe_dump(self.frozen(), sort_keys=False, allow_unicode=True))
-        os.replace(tmp, path)
-        return path
+        return write_atomic(path, header + yaml.safe_dump(self.frozen(), sort_keys=False, allow_unicode=True))

@@ -4,7 +4,6 @@ status and where it diverged. Rebuilt whole from Tune's storage each time, writt
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from metatune.atomic_files import replacing
 from metatune.errors import CheckpointError
 from metatune.study.records import TrialRecord, TrialStatus
 
@@ -103,11 +103,9 @@ def write_trials(
     records: Sequence[TrialRecord], path: str | Path, *, study: str = "", metric: str = ""
 ) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    # Page checksums: without them a flipped bit in a data page reads back as a wrong value.
-    pq.write_table(trials_table(records, study=study, metric=metric), tmp, write_page_checksum=True)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        # Page checksums: without them a flipped bit in a data page reads back as a wrong value.
+        pq.write_table(trials_table(records, study=study, metric=metric), tmp, write_page_checksum=True)
     return path
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from metatune.atomic_files import write_atomic
 from metatune.study.records import TrialRecord, TrialStatus
 
 __all__ = ["STATUS_FILE", "best_record", "driver_running", "read_status", "write_status"]
@@ -56,11 +57,7 @@ def write_status(
         "mlflow_errors": mlflow_errors,
         "trials": {r.trial_id: r.status.value for r in records},
     }
-    path = study_dir / STATUS_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
-    return path
+    return write_atomic(study_dir / STATUS_FILE, json.dumps(data, indent=1, default=str))
 
 
 def read_status(study_dir: Path) -> Mapping[str, Any] | None:

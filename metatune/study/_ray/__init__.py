@@ -5,6 +5,8 @@
 - :mod:`.callback` forwards Tune's trial events to the study's monitor on the driver;
 - :mod:`.tuner` builds or restores the Tuner and starts and stops Ray;
 - :mod:`.storage` reads and writes what the study keeps in Tune's storage;
+- :mod:`.snapshot` keeps the last good copy of Tune's experiment snapshot and puts it back;
+- :mod:`.tune_logs` filters Tune's driver logs and stops a resume that Tune cannot restore;
 - :mod:`.trials` turns Tune's trials into study records;
 - :mod:`.optuna_seam` holds the two reads of Ray-private Optuna state.
 
@@ -16,16 +18,20 @@ from __future__ import annotations
 
 from metatune.study._ray.callback import StudyCallback
 from metatune.study._ray.searcher import ATTR_OUTCOME, ATTR_RETRY_OF, ATTR_TUNE_ID, StudyLimiter, StudySearch
+from metatune.study._ray.snapshot import repair_snapshot
 from metatune.study._ray.storage import can_resume, optuna_trials, prune_checkpoints
 from metatune.study._ray.trials import read_records
-from metatune.study._ray.tuner import build_tuner, init_ray, run_study, shutdown_ray
+from metatune.study._ray.tune_logs import RestoreFailed
+from metatune.study._ray.tuner import StudyRun, build_tuner, init_ray, run_study, shutdown_ray
 
 __all__ = [
     "ATTR_OUTCOME",
     "ATTR_RETRY_OF",
     "ATTR_TUNE_ID",
+    "RestoreFailed",
     "StudyCallback",
     "StudyLimiter",
+    "StudyRun",
     "StudySearch",
     "build_tuner",
     "can_resume",
@@ -33,6 +39,7 @@ __all__ = [
     "optuna_trials",
     "prune_checkpoints",
     "read_records",
+    "repair_snapshot",
     "run_study",
     "shutdown_ray",
 ]

@@ -1,15 +1,21 @@
-"""Driver side: Tune's trial events forwarded to the study's monitor (progress, MLflow, files)."""
+"""Driver side: Tune's trial events forwarded to the study's monitor (progress, MLflow, files),
+a copy of each good experiment snapshot kept, and a stop when the disk refuses writes."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import os
+import signal
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ray import tune
 from ray.tune.experiment import Trial
 
+from metatune.study._ray.snapshot import SnapshotCopier
 from metatune.study._ray.storage import mark_error
 from metatune.study._ray.trials import record, records
 from metatune.study.records import TuneStatus
@@ -17,7 +23,7 @@ from metatune.study.records import TuneStatus
 if TYPE_CHECKING:
     from metatune.study.monitor import StudyMonitor
 
-__all__ = ["StudyCallback", "attach_monitor", "detach_monitor"]
+__all__ = ["DriverStop", "StudyCallback", "attach_monitor", "detach_monitor", "driver_stop", "stop_if_disk_refuses"]
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +34,52 @@ _MONITORS: dict[str, StudyMonitor] = {}
 F = TypeVar("F", bound=Callable[..., None])
 
 
+class DriverStop:
+    """Why the driver stopped the experiment early: Ctrl-C, or a disk that refuses writes."""
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self.disk_problem: str | None = None
+
+
+#: Per study folder, what stopped its driver (read by run_study once Tune returns).
+_STOPS: dict[str, DriverStop] = {}
+
+
 def attach_monitor(key: str, monitor: StudyMonitor) -> None:
     _MONITORS[key] = monitor
+    _STOPS[key] = DriverStop()
 
 
 def detach_monitor(key: str) -> None:
     _MONITORS.pop(key, None)
+
+
+def driver_stop(key: str) -> DriverStop:
+    return _STOPS.get(key) or DriverStop()
+
+
+#: The errors a disk gives when it cannot take more: full, over quota, read-only.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def disk_refuses_writes(folder: str) -> str | None:
+    """Whether ``folder`` takes a 64 KiB write (a full disk often still creates an empty file);
+    the reason when it does not, as ``strerror (folder)``."""
+    probe = os.path.join(folder, f".disk_probe.{os.getpid()}")
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        return f"{exc.strerror or exc} ({folder})" if exc.errno in _DISK_ERRNOS else None
+    finally:
+        try:
+            os.unlink(probe)
+        except OSError:
+            pass
+    return None
 
 
 def _guarded(method: F) -> F:
@@ -43,6 +89,8 @@ def _guarded(method: F) -> F:
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
         try:
             method(self, *args, **kwargs)
+        except OSError as exc:  # a full or read-only disk: one line, not a traceback per event
+            log.warning("metatune: writing a study file failed (%s); `metatune report` rewrites it", exc)
         except Exception:
             log.exception(
                 "metatune: updating the study views failed (the study goes on; "
@@ -52,14 +100,58 @@ def _guarded(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def stop_if_disk_refuses(key: str) -> None:
+    """After a trial error, or a snapshot Tune could not write: if the study folder's disk
+    refuses writes, stop the experiment as Ctrl-C does (SIGUSR1 is Tune's other stop signal),
+    so the trials that would run on are not failed one after the other."""
+    stop = _STOPS.get(key)
+    if stop is None or stop.disk_problem is not None:
+        return
+    problem = disk_refuses_writes(key)
+    if problem is not None:
+        stop.disk_problem = problem
+        log.warning("metatune: the study folder's disk refuses writes (%s): stopping the study", problem)
+        if threading.current_thread() is threading.main_thread():
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
 class StudyCallback(tune.Callback):
     """Forwards Tune events to the monitor registered for the study folder ``key``."""
 
     def __init__(self, key: str) -> None:
         self.key = key
+        self._copier: SnapshotCopier | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks into the experiment; the copier is the driver's own.
+        return {"key": self.key, "_copier": None}
 
     def _monitor(self) -> StudyMonitor | None:
         return _MONITORS.get(self.key)
+
+    def setup(
+        self,
+        stop: Any = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
+        """Tune has just put its own Ctrl-C handler in place (it stops the experiment after one
+        last snapshot); ours goes in front of it, to tell a Ctrl-C from the other ways the
+        experiment ends."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        tune_handler = signal.getsignal(signal.SIGINT)
+        stop = driver_stop(self.key)
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            stop.interrupted = True
+            signal.signal(signal.SIGINT, tune_handler)  # a second Ctrl-C goes to Tune's handler
+            if callable(tune_handler):
+                tune_handler(signum, frame)
+
+        if callable(tune_handler):
+            signal.signal(signal.SIGINT, on_sigint)
 
     @_guarded
     def on_trial_result(
@@ -80,6 +172,7 @@ class StudyCallback(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         mon = self._monitor()
         rec = record(mon.study, trial, status=TuneStatus.ERROR) if mon is not None else None
+        stop_if_disk_refuses(self.key)
         if rec is not None:
             mark_error(trial, rec)
         self._finished(trials, trial, TuneStatus.ERROR)
@@ -96,5 +189,9 @@ class StudyCallback(tune.Callback):
     @_guarded
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         mon = self._monitor()
-        if mon is not None:
-            mon.tick(lambda: records(mon.study, trials))
+        if mon is None:
+            return
+        if self._copier is None:
+            self._copier = SnapshotCopier(mon.study)
+        self._copier.maybe_copy()
+        mon.tick(lambda: records(mon.study, trials))

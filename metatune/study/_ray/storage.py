@@ -4,6 +4,7 @@ checkpoints to prune, and Optuna's record in the saved searcher state."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import pyarrow.fs as pafs
 from ray import tune
 from ray.tune.experiment import Trial
 
+from metatune.atomic_files import write_atomic
 from metatune.study._ray.optuna_seam import saved_optuna_study
 from metatune.study.records import OUTCOME, TrialRecord, TuneStatus
 from metatune.study.resolved import Study
@@ -62,23 +64,28 @@ def _trial_storage() -> tuple[pafs.FileSystem, str]:
     return storage.storage_filesystem, storage.trial_fs_path
 
 
-def store_final(text: str) -> None:
+def _store(name: str, data: bytes) -> None:
+    """Write ``name`` into the trial's storage folder whole or not at all."""
     fs, trial_dir = _trial_storage()
     fs.create_dir(trial_dir, recursive=True)
-    tmp = f"{trial_dir}/.{FINAL_FILE}.tmp"
-    with fs.open_output_stream(tmp) as out:
-        out.write(text.encode())
-    # A rename: a reader never sees half a file (object stores copy; still one visible write).
-    fs.move(tmp, f"{trial_dir}/{FINAL_FILE}")
+    tmp = f"{trial_dir}/.{name}.tmp"
+    try:
+        with fs.open_output_stream(tmp) as out:
+            out.write(data)
+        # A rename: a reader never sees half a file (object stores copy; still one visible write).
+        fs.move(tmp, f"{trial_dir}/{name}")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            fs.delete_file(tmp)  # a full disk needs that space back
+        raise
+
+
+def store_final(text: str) -> None:
+    _store(FINAL_FILE, text.encode())
 
 
 def store_latest_checkpoint(data: bytes) -> None:
-    fs, trial_dir = _trial_storage()
-    fs.create_dir(trial_dir, recursive=True)
-    tmp = f"{trial_dir}/.{LATEST_CHECKPOINT_FILE}.tmp"
-    with fs.open_output_stream(tmp) as out:
-        out.write(data)
-    fs.move(tmp, f"{trial_dir}/{LATEST_CHECKPOINT_FILE}")
+    _store(LATEST_CHECKPOINT_FILE, data)
 
 
 def stored_latest_checkpoint(dest: Path) -> bool:
@@ -121,9 +128,7 @@ def mark_error(trial: Trial, record: TrialRecord) -> None:
     if d is None:
         return
     data = {"time": time.time(), "num_failures": record.num_failures, "error": record.error}
-    tmp = d / f".{ERROR_MARKER}.tmp"
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, d / ERROR_MARKER)
+    write_atomic(d / ERROR_MARKER, json.dumps(data))
 
 
 def error_marker(trial: Trial) -> ErrorMarker | None:

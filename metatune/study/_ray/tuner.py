@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -20,10 +21,18 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
-from metatune.study._ray.callback import StudyCallback, attach_monitor, detach_monitor
+from metatune.study._ray.callback import (
+    StudyCallback,
+    attach_monitor,
+    detach_monitor,
+    driver_stop,
+    stop_if_disk_refuses,
+)
 from metatune.study._ray.searcher import StudyLimiter, StudySearch
+from metatune.study._ray.snapshot import SnapshotCopier
 from metatune.study._ray.storage import can_resume, prune_checkpoints
 from metatune.study._ray.trainable import StudyTrainable, make_trainable
+from metatune.study._ray.tune_logs import RestoreFailed, tune_logs_for_a_study
 from metatune.study.param_names import LEARNER_KEY
 from metatune.study.records import TuneStatus
 from metatune.study.resolved import Study
@@ -33,7 +42,7 @@ from metatune.study.strategies import SCHEDULERS, make_sampler
 if TYPE_CHECKING:
     from metatune.study.monitor import StudyMonitor
 
-__all__ = ["build_tuner", "init_ray", "run_study", "shutdown_ray"]
+__all__ = ["StudyRun", "build_tuner", "init_ray", "run_study", "shutdown_ray"]
 
 #: Tune settings, applied (unless the user set them) before a Tuner starts, never on import.
 _TUNE_ENV = (
@@ -47,6 +56,9 @@ _TUNE_ENV = (
     # a trial that finished is not run again and a started one is not forgotten. Remote
     # storage still uploads on its own, slower sync period.
     ("TUNE_GLOBAL_CHECKPOINT_S", "1"),
+    # A failed trial is one line from the study monitor, naming its error file, not Tune's
+    # traceback (a lost worker's ActorDiedError runs to dozens of lines).
+    ("TUNE_PRINT_ALL_TRIAL_ERRORS", "0"),
 )
 
 
@@ -153,25 +165,56 @@ def shutdown_ray() -> None:
         ray.shutdown()
 
 
-def run_study(study: Study, monitor: StudyMonitor, *, resume: bool = False) -> dict[str, int]:
-    """Run (or resume) the study's Tune experiment to the end. Returns counts of Tune statuses."""
+@dataclass(frozen=True)
+class StudyRun:
+    """How one driver run of the study's Tune experiment ended."""
+
+    #: Tune statuses of the trials and their counts; empty when Tune could not say (disk).
+    counts: dict[str, int]
+    #: Stopped by Ctrl-C.
+    interrupted: bool = False
+    #: Stopped because the study folder's disk refused writes: why.
+    disk_problem: str | None = None
+
+
+def run_study(study: Study, monitor: StudyMonitor, *, resume: bool = False) -> StudyRun:
+    """Run (or resume) the study's Tune experiment until it ends or is stopped.
+
+    Raises RestoreFailed when ``resume`` finds a snapshot Tune cannot read (Tune would start a
+    new experiment); call ``repair_snapshot`` first, which puts the last good copy back."""
     configure_tune_env()
     trainable = make_trainable(study)
     key = str(study.dir)
     attach_monitor(key, monitor)
+    copier = SnapshotCopier(study)
+    grid = None
     try:
-        if resume and can_resume(study):
-            tuner = tune.Tuner.restore(
-                study.tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True
-            )
-        else:
-            tuner = build_tuner(study, trainable)
-        grid = tuner.fit()
+        with tune_logs_for_a_study(resuming=resume, on_snapshot_failure=lambda: stop_if_disk_refuses(key)):
+            if resume and can_resume(study):
+                tuner = tune.Tuner.restore(
+                    study.tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True
+                )
+            else:
+                tuner = build_tuner(study, trainable)
+            try:
+                grid = tuner.fit()
+            except RestoreFailed:
+                raise
+            except Exception:
+                # Once the disk refused writes, Tune's last steps (its final snapshot, reading
+                # trial errors back into the result grid) fail too; the experiment is over and
+                # what it recorded is on disk.
+                if driver_stop(key).disk_problem is None:
+                    raise
     finally:
+        stop = driver_stop(key)
         detach_monitor(key)
-        prune_checkpoints(study)
+        if grid is not None:
+            copier.maybe_copy(force=True)  # Tune's final snapshot, whole
+        if stop.disk_problem is None:
+            prune_checkpoints(study)
     counts: dict[str, int] = {}
-    for res in (grid[i] for i in range(len(grid))):
+    for res in (grid[i] for i in range(len(grid))) if grid is not None else ():
         status = TuneStatus.ERROR if res.error else TuneStatus.TERMINATED
         counts[status.value] = counts.get(status.value, 0) + 1
-    return counts
+    return StudyRun(counts=counts, interrupted=stop.interrupted, disk_problem=stop.disk_problem)
