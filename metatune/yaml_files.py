@@ -17,6 +17,8 @@ __all__ = ["MAX_YAML_VALUES", "read_yaml"]
 def read_yaml(path: str | Path) -> Any:
     """Load a YAML file safely; a missing file or a syntax error is a ConfigError naming it."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError("<file>", "is a folder, expected a YAML file", source=str(path))
     if not path.is_file():
         raise ConfigError("<file>", "file not found", source=str(path))
     try:
@@ -28,7 +30,12 @@ def read_yaml(path: str | Path) -> Any:
     except OSError as exc:
         raise ConfigError("<file>", f"cannot read: {exc.strerror or exc}", source=str(path)) from None
     try:
-        data = yaml.safe_load(text)
+        data = _safe_load_unique(text)
+    except DuplicateKey as exc:
+        raise ConfigError(
+            "<yaml>", f"key '{exc.key}' appears twice in one mapping (at lines {exc.lines[0]} and {exc.lines[1]}); "
+            "YAML would silently keep the last one", source=str(path),
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError("<yaml>", f"YAML syntax error{_yaml_problem(exc)}", source=str(path)) from None
     except RecursionError:  # PyYAML composes nested collections recursively
@@ -44,6 +51,41 @@ def read_yaml(path: str | Path) -> Any:
             source=str(path),
         )
     return data
+
+
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: object, lines: tuple[int, int]) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.lines = key, lines
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last
+    value without a word, so a typo'd second `training:` section would replace the first). Merge
+    keys (`<<: *base`) may still be overridden: only keys written out are compared."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: PyYAML's own check reports it
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise DuplicateKey(key, (first, key_node.start_mark.line + 1))
+        return super().construct_mapping(node, deep=deep)
+
+
+def _safe_load_unique(text: str) -> Any:
+    """yaml.safe_load with _UniqueKeyLoader (what yaml.safe_load does with SafeLoader)."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 #: Values a config file may expand to. Nested YAML aliases make a few lines expand to 10^9 values

@@ -17,132 +17,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metatune.errors import ConfigError
+from metatune.study.driver import execute, public_uri, tracker_for
 from metatune.study.preflight import check_resources, clear_study_folder, hold_study_lock, writable_folder
 from metatune.study.records import TrialStatus
 
 if TYPE_CHECKING:
-    from metatune.study._mlflow import Tracker
     from metatune.study.resolved import Study
 
 __all__ = ["register_commands"]
 
 
-def _tracker(study: Study) -> Tracker:
-    from metatune.study._mlflow import Tracker
-
-    return Tracker(
-        study.tracking_uri, study.experiment, study=study.name, artifact_location=study.artifact_location
-    )
-
-
-def _public_uri(study: Study) -> str:
-    from metatune.study._mlflow import redact_uri
-
-    return redact_uri(study.tracking_uri)
-
-
 def _same_study(a: dict[str, Any], b: dict[str, Any]) -> bool:
     skip = {"tracking", "workdir"}
     return {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
-
-
-def _ui_hint(study: Study) -> str:
-    if study.tracking_uri.startswith("sqlite:"):
-        return f"metatune ui {study.dir}    (serves {study.tracking_uri} on http://127.0.0.1:5000)"
-    return f"open {_public_uri(study)} (experiment '{study.experiment}')"
-
-
-def _execute(study: Study, args: argparse.Namespace, *, resume: bool) -> int:
-    from metatune.study import _ray
-    from metatune.study.export import export_best, summary_table
-    from metatune.study.monitor import StudyMonitor
-    from metatune.study.report import Views
-
-    s = study.spec
-    print(
-        f"study '{study.name}': {study.num_trials} trials of {', '.join(study.learners)} "
-        f"(sampler {s.sampler.name}, scheduler {s.scheduler.name}, objective {study.metric} {study.mode}, "
-        f"{s.resources.cpus:g} CPU"
-        + (f" + {s.resources.gpus:g} GPU" if s.resources.gpus else "")
-        + " per trial)"
-    )
-    print(f"  folder {study.dir}\n  MLflow {_public_uri(study)} (experiment '{study.experiment}')")
-    if resume:
-        repaired = _ray.repair_snapshot(study)  # before Tune reads it: a cut-short snapshot restarts it
-        if repaired:
-            print(f"  {repaired}")
-    views = Views(study, tracker=None if args.no_mlflow else _tracker(study))
-    views.start()
-    monitor = StudyMonitor(study, views, interval_s=args.progress_every)
-    interrupted, disk_problem = False, None
-    try:
-        _ray.init_ray(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus, verbose=args.verbose)
-        run = _ray.run_study(study, monitor, resume=resume)
-        interrupted, disk_problem = run.interrupted, run.disk_problem
-    except KeyboardInterrupt:
-        interrupted = True
-    except _ray.RestoreFailed as exc:
-        raise ConfigError(
-            "<study>",
-            f"Tune could not restore the experiment in {study.tune_path} ({exc}); it would have started "
-            "a new one, so nothing was run and nothing changed",
-            source=str(study.dir),
-        ) from None
-    finally:
-        _ray.shutdown_ray()
-    if disk_problem is not None:
-        # No views: they live on the same disk. The next resume or report brings them up to date
-        # (and closes the MLflow runs this driver leaves open).
-        print(
-            f"\nstudy stopped: the disk holding {study.dir} refuses writes ({disk_problem}). Nothing "
-            f"recorded is lost: free space (or make it writable), then `metatune resume {study.dir}`"
-        )
-        return 1
-    records = _ray.read_records(study)
-    for r in records:
-        views.trial(r)
-    files = views.refresh_study(records)
-    finished = len(records) >= study.num_trials and all(r.finished for r in records)
-    state = "finished" if finished and not interrupted else "interrupted"
-    views.finish("FINISHED" if state == "finished" else "KILLED", records)
-    views.write_guarded(monitor.end, records, state)
-    exported = views.write_guarded(
-        export_best, records, study.best_dir, study=study.name, metric=study.metric, mode=study.mode
-    ) or []
-    print()
-    print(summary_table(records, metric=study.metric, mode=study.mode, learners=study.learners))
-    if "md" in files:
-        print(f"\nstudy table ({files['md']}):\n")
-        print(Path(files["md"]).read_text())
-    print("Where to look:")
-    print(f"  MLflow UI:    {_ui_hint(study)}")
-    print(f"  every trial:  {files.get('parquet', 'not written (see the note below)')}")
-    if exported:
-        print(f"  best configs: {', '.join(str(e.path) for e in exported)}")
-        print(f"                (retrain one alone: metatune train {exported[0].path})")
-    else:
-        print("  best configs: none yet (no trial completed)")
-    if views.write_errors:
-        print(
-            f"  note: writing the study's files failed {views.write_errors} time(s) ({views.last_write_error}); "
-            f"nothing is lost: `metatune report {study.dir}` rewrites them from the Tune storage"
-        )
-    if views.mlflow_errors:
-        print(
-            f"  note: MLflow failed {views.mlflow_errors} time(s) ({views.last_error}); "
-            f"`metatune report {study.dir}` restores the runs"
-        )
-    if state != "finished":
-        print(f"\nstudy interrupted: `metatune resume {study.dir}` finishes it")
-        return 130 if interrupted else 1
-    failed = [r for r in records if r.status == TrialStatus.ERROR]
-    if failed:
-        print(
-            f"\n{len(failed)} trial(s) failed ({', '.join(r.name for r in failed)}): "
-            f"`metatune resume {study.dir}` retries them from their last checkpoints"
-        )
-        return 1
-    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -152,7 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     study = load_study(args.study, storage=args.storage, tracking_uri=args.tracking_uri)
     _preflight(study, args)
     writable_folder(study.dir, "--storage" if args.storage else "storage")
-    lock = hold_study_lock(study.dir, study.name)  # held until this driver exits
+    lock = hold_study_lock(study.dir, study.name, command="run")  # held until this driver exits
     frozen = study.dir / FROZEN_FILE
     resume = False
     if frozen.is_file():
@@ -177,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
     study.write_frozen()
     try:
-        return _execute(study, args, resume=resume)
+        return execute(study, args, resume=resume)
     finally:
         lock.release()
 
@@ -188,11 +75,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
     study = open_study(args.study, tracking_uri=args.tracking_uri)
     _preflight(study, args)
     writable_folder(study.dir, "<study>")
-    lock = hold_study_lock(study.dir, study.name)
+    lock = hold_study_lock(study.dir, study.name, command="resume")
     try:
         if args.tracking_uri:
             study.write_frozen()
-        return _execute(study, args, resume=True)
+        return execute(study, args, resume=True)
     finally:
         lock.release()
 
@@ -206,14 +93,13 @@ def _preflight(study: Study, args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from metatune.study import _ray
     from metatune.study.monitor import format_params, progress_line
     from metatune.study.spec import open_study
     from metatune.study.status_file import read_status
 
     study = open_study(args.study)
     driver = read_status(study.dir)
-    records = _ray.read_records(study)
+    records = _read_records(study)
     print(f"study '{study.name}' in {study.dir}")
     if driver:
         age = time.time() - float(driver.get("updated", 0))
@@ -253,14 +139,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from metatune.study import _ray
     from metatune.study.export import export_best, summary_table
     from metatune.study.spec import open_study
 
     study = open_study(args.study)
     if args.top_k < 1:
         raise ConfigError("--top-k", f"expected a positive number, got {args.top_k}")
-    records = _ray.read_records(study)
+    records = _read_records(study)
     out = Path(args.out) if args.out else study.best_dir
     exported = export_best(
         records, out, study=study.name, metric=study.metric, mode=study.mode, top_k=args.top_k
@@ -280,13 +165,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from metatune.study import _ray
     from metatune.study.report import rebuild
     from metatune.study.spec import open_study
 
     study = open_study(args.study, tracking_uri=args.tracking_uri)
-    records = _ray.read_records(study)
-    tracker = None if args.no_mlflow else _tracker(study)
+    records = _read_records(study)
+    tracker = None if args.no_mlflow else tracker_for(study)
     views, files = rebuild(study, records, tracker=tracker)
     print(f"rebuilt study '{study.name}' from {study.tune_path}: {len(records)} trials")
     print(f"  Parquet: {files['parquet']}\n  table:   {files['md']}\n  plot:    {files['png']}")
@@ -295,10 +179,32 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"  MLflow:  FAILED ({views.last_error}); run `metatune report` again once it is reachable")
             return 1
         print(
-            f"  MLflow:  {_public_uri(study)}, experiment '{study.experiment}', "
+            f"  MLflow:  {public_uri(study)}, experiment '{study.experiment}', "
             f"parent run {tracker.parent_id}"
         )
     return 0
+
+
+def _read_records(study: Study) -> list[Any]:
+    """The study's records from Tune's snapshot, after putting its last good copy back if the
+    snapshot is damaged (a disk that filled up). Only while no driver runs: a live driver
+    rewrites its snapshot every second, and repairing under it would race it."""
+    from metatune.study import _ray
+    from metatune.study._ray.snapshot import damage
+
+    if damage(Path(study.tune_path)) is not None:
+        try:
+            lock = hold_study_lock(study.dir, study.name, command="report")
+        except ConfigError:
+            pass
+        else:
+            try:
+                repaired = _ray.repair_snapshot(study)
+                if repaired:
+                    print(repaired)
+            finally:
+                lock.release()
+    return _ray.read_records(study)
 
 
 def _find_default_study() -> str:
@@ -326,7 +232,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     ]
     url = f"http://{args.host}:{args.port}"
     with contextlib.suppress(Exception):  # the link is a convenience
-        t = _tracker(study)
+        t = tracker_for(study)
         parent = t._search(f"tags.`metatune.study` = '{study.name}' and tags.`metatune.role` = 'parent'")
         if parent:
             url += f"/#/experiments/{t.experiment_id()}/runs/{parent[0].info.run_id}"

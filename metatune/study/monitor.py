@@ -100,7 +100,7 @@ class StudyMonitor:
                 f"stopped {where} by the scheduler at iteration {r.iteration}: "
                 f"{self.study.metric} {r.objective}"
             )
-        return f"FAILED {where}: {(r.error or 'see the Tune trial folder').splitlines()[0][:200]}"
+        return f"FAILED {where}: {(r.error or 'see the Tune trial folder').splitlines()[0][:400]}"
 
     def tick(self, records: Callable[[], Sequence[TrialRecord]]) -> None:
         now = time.monotonic()

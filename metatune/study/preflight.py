@@ -9,15 +9,11 @@ import shutil
 import uuid
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from metatune.errors import ConfigError
+from metatune.study.driver_lock import LOCK_FILE, OWNER_FILE, hold_study_lock
 
 __all__ = ["LOCK_FILE", "check_resources", "clear_study_folder", "hold_study_lock", "writable_folder"]
 
-#: In the study folder; held (an OS lock, released when the driver exits, however it exits)
-#: while a ``metatune run`` or ``resume`` drives the study.
-LOCK_FILE = ".driver.lock"
 
 def writable_folder(path: Path, option: str) -> None:
     """Create ``path`` (and parents) and prove a file can be written there."""
@@ -31,24 +27,10 @@ def writable_folder(path: Path, option: str) -> None:
         raise ConfigError(option, f"expected a folder metatune can write: {path} ({reason})") from None
 
 
-def hold_study_lock(study_dir: Path, name: str) -> FileLock:
-    """Take the study's driver lock, or fail at once if another driver holds it."""
-    lock = FileLock(str(study_dir / LOCK_FILE), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise ConfigError(
-            "<study>",
-            f"study '{name}' is being run by another `metatune run`/`resume` in {study_dir} "
-            f"(it holds {LOCK_FILE}); wait for it to finish or stop it first",
-        ) from None
-    return lock
-
-
 def clear_study_folder(study_dir: Path) -> None:
-    """``--overwrite``: delete everything in the folder but the lock this driver holds."""
+    """``--overwrite``: delete everything in the folder but the lock this driver holds (and its note)."""
     for entry in study_dir.iterdir():
-        if entry.name == LOCK_FILE:
+        if entry.name in (LOCK_FILE, OWNER_FILE):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)

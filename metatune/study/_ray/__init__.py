@@ -6,6 +6,7 @@
 - :mod:`.tuner` builds or restores the Tuner and starts and stops Ray;
 - :mod:`.storage` reads and writes what the study keeps in Tune's storage;
 - :mod:`.snapshot` keeps the last good copy of Tune's experiment snapshot and puts it back;
+- :mod:`.processes` stops the Ray processes a killed driver left behind;
 - :mod:`.tune_logs` filters Tune's driver logs and stops a resume that Tune cannot restore;
 - :mod:`.trials` turns Tune's trials into study records;
 - :mod:`.optuna_seam` holds the two reads of Ray-private Optuna state.
@@ -17,6 +18,11 @@ Importing it changes nothing in the environment: Tune's settings are applied whe
 from __future__ import annotations
 
 from metatune.study._ray.callback import StudyCallback
+from metatune.study._ray.processes import (
+    forget_ray_processes,
+    note_ray_processes,
+    stop_leftover_ray_processes,
+)
 from metatune.study._ray.searcher import ATTR_OUTCOME, ATTR_RETRY_OF, ATTR_TUNE_ID, StudyLimiter, StudySearch
 from metatune.study._ray.snapshot import repair_snapshot
 from metatune.study._ray.storage import can_resume, optuna_trials, prune_checkpoints
@@ -35,11 +41,14 @@ __all__ = [
     "StudySearch",
     "build_tuner",
     "can_resume",
+    "forget_ray_processes",
     "init_ray",
+    "note_ray_processes",
     "optuna_trials",
     "prune_checkpoints",
     "read_records",
     "repair_snapshot",
     "run_study",
     "shutdown_ray",
+    "stop_leftover_ray_processes",
 ]

@@ -37,8 +37,13 @@ def _error_text(trial: Trial) -> str | None:
             text = Path(path).read_text(errors="replace").strip()
         except (OSError, TypeError):
             continue
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        return lines[-1] if lines else text
+        lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("Failure # ")]
+        # One line for the terminal and the records; the whole error stays in the file. A
+        # traceback ends with the exception; Ray's own errors (a dead worker) open with theirs.
+        line = (lines[-1] if "Traceback" in text else lines[0]) if lines else "trial failed"
+        last = line.strip()[:200]
+        where = candidates[0] if d is not None and name else path
+        return f"{last} (full error: {where})"
     return "trial failed" + (f" (see {name})" if name else "")
 
 
