@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from metatune.study._mlflow_store import heal_incomplete_sqlite_store
+from metatune.study._mlflow_store import create_sqlite_store, heal_incomplete_sqlite_store
 from metatune.study.records import TrialRecord, TrialStatus
 
 __all__ = ["Tracker", "configure_mlflow_env", "redact_uri", "ui_command"]
@@ -124,6 +124,7 @@ class Tracker:
 
             configure_mlflow_env()
             heal_incomplete_sqlite_store(self.uri)  # an interrupted first start breaks MLflow for good
+            create_sqlite_store(self.uri)  # whole or not at all, so that cannot happen again
             self._client_obj = MlflowClient(tracking_uri=self.uri)
         return self._client_obj
 

@@ -1,20 +1,27 @@
-"""A study's sqlite MLflow store that MLflow began to create but did not finish.
+"""A study's sqlite MLflow store, created whole or not at all.
 
-MLflow creates its tables and then stamps the schema version (the ``alembic_version`` table).
-Interrupted in between (Ctrl-C while "Creating initial MLflow database tables"), the file has
-some tables and no version; every later client then tries to create the tables again and fails
-(``table trace_info already exists``), for good. Such a file can hold no run, so it is moved
-aside and MLflow starts a fresh store; a store with any run in it is never touched.
+MLflow creates its tables, stamps the schema version (the ``alembic_version`` table) and then
+runs its migrations, over about five seconds. Interrupted anywhere in there (Ctrl-C while
+"Creating initial MLflow database tables"), the file is left with some tables, or a version
+stamp and half a migration; every later client then fails on it (``table trace_info already
+exists``, or a migration error), for good. So a new store is created in a temporary file beside
+the target and renamed into place once MLflow has finished with it: the study's path holds a
+complete store or none (``create_sqlite_store``; a test kills the creation at nine points).
+
+Stores left half-created before this (or by another tool) are healed: such a file can hold no
+run, so it is moved aside and a fresh store created; a store with any run in it is never touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
 import time
 from pathlib import Path
 
-__all__ = ["heal_incomplete_sqlite_store"]
+__all__ = ["create_sqlite_store", "heal_incomplete_sqlite_store"]
 
 log = logging.getLogger(__name__)
 
@@ -44,3 +51,28 @@ def heal_incomplete_sqlite_store(uri: str) -> Path | None:
     log.warning("MLflow store %s was left half-created (%d tables, no schema version, no runs; an "
                 "interrupted first start): moved to %s, starting a fresh one", path, len(tables), aside.name)
     return aside
+
+
+def create_sqlite_store(uri: str) -> Path | None:
+    """If ``uri`` names a sqlite file that does not exist yet, create the MLflow store in a
+    temporary file and rename it into place; returns the path created (None: nothing to do)."""
+    path = _sqlite_path(uri)
+    if path is None or path.exists():
+        return None
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.creating-*"):  # a creation that was killed
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
+    try:
+        # The "Default" experiment's artifact root only; the study's experiment sets its own.
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", str(path.parent / "mlartifacts"))
+        store.engine.dispose()  # no connection left open on the file being renamed
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return path
