@@ -239,3 +239,19 @@ def test_study_on_two_node_cluster_with_mlflow_server(cluster, mlflow_server, tm
     assert {float(c.data.params["inner_lr"]) for c in children} == {0.01, 0.1}
     arts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "table")}
     assert "table/study_table.md" in arts  # uploaded through the server's artifact proxy
+
+    # A trial no node can hold (2 CPUs; each node has 1): Tune would wait forever without a word.
+    # The driver says it is waiting, waits the bounded time, then gives one line and exit 2.
+    too_big = {**study, "name": "cluster-too-big", "resources": {"cpus": 2}, "storage": str(tmp_path / "big")}
+    path.write_text(yaml.safe_dump(too_big))
+    start = time.monotonic()
+    refused = subprocess.run(
+        [str(BIN / "metatune"), "run", str(path), "--address", cluster["address"], "--no-mlflow",
+         "--wait-for-node", "3"],
+        env=_env(), capture_output=True, text=True, timeout=180, cwd=tmp_path,
+    )
+    err = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    assert "waiting up to 3 s for one to join" in refused.stdout
+    assert err and "field 'resources.cpus'" in err[-1] and "largest node: 1 CPU" in err[-1], err
+    assert "Traceback" not in refused.stderr and time.monotonic() - start < 120

@@ -278,6 +278,10 @@ def _add_exec_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-gpus", type=int, help="GPUs of the local Ray instance (default: detected)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (e.g. http://head:5000); default: the study's")
     p.add_argument(
+        "--wait-for-node", type=float, default=600.0, metavar="S",
+        help="on a cluster: how long to wait for a node that fits one trial (the autoscaler's) before giving up",
+    )
+    p.add_argument(
         "--no-mlflow", action="store_true", help="do not log to MLflow (`metatune report` can later)"
     )
     p.add_argument(

@@ -68,6 +68,10 @@ def execute(study: Study, args: argparse.Namespace, *, resume: bool) -> int:
         _ray.init_ray(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus, verbose=args.verbose)
         if local_ray:
             _ray.note_ray_processes(study.dir)
+        else:
+            _ray.wait_for_a_node_that_fits(
+                cpus=s.resources.cpus, gpus=s.resources.gpus, wait_s=args.wait_for_node
+            )
         run = _ray.run_study(study, monitor, resume=resume)
         interrupted, disk_problem = run.interrupted, run.disk_problem
     except KeyboardInterrupt:

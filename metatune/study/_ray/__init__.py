@@ -28,7 +28,14 @@ from metatune.study._ray.snapshot import repair_snapshot
 from metatune.study._ray.storage import can_resume, optuna_trials, prune_checkpoints
 from metatune.study._ray.trials import read_records
 from metatune.study._ray.tune_logs import RestoreFailed
-from metatune.study._ray.tuner import StudyRun, build_tuner, init_ray, run_study, shutdown_ray
+from metatune.study._ray.tuner import (
+    StudyRun,
+    build_tuner,
+    init_ray,
+    run_study,
+    shutdown_ray,
+    wait_for_a_node_that_fits,
+)
 
 __all__ = [
     "ATTR_OUTCOME",
@@ -51,4 +58,5 @@ __all__ = [
     "run_study",
     "shutdown_ray",
     "stop_leftover_ray_processes",
+    "wait_for_a_node_that_fits",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
+from metatune.errors import ConfigError
 from metatune.study._ray.callback import (
     StudyCallback,
     attach_monitor,
@@ -42,7 +44,7 @@ from metatune.study.strategies import SCHEDULERS, make_sampler
 if TYPE_CHECKING:
     from metatune.study.monitor import StudyMonitor
 
-__all__ = ["StudyRun", "build_tuner", "init_ray", "run_study", "shutdown_ray"]
+__all__ = ["StudyRun", "build_tuner", "init_ray", "run_study", "shutdown_ray", "wait_for_a_node_that_fits"]
 
 #: Tune settings, applied (unless the user set them) before a Tuner starts, never on import.
 _TUNE_ENV = (
@@ -149,6 +151,42 @@ def init_ray(
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **common)
     else:
         ray.init(address=address, **common)
+
+
+def wait_for_a_node_that_fits(*, cpus: float, gpus: float, wait_s: float, poll_s: float = 5.0) -> None:
+    """On a cluster: wait (bounded, saying so) until some alive node can run one trial; Tune
+    itself would wait forever without a word. ConfigError (one line) once ``wait_s`` is up."""
+
+    def largest() -> tuple[float, float, bool]:
+        best_cpu = best_gpu = 0.0
+        fits = False
+        for node in ray.nodes():
+            if not node.get("Alive"):
+                continue
+            res = node.get("Resources", {})
+            cpu, gpu = float(res.get("CPU", 0)), float(res.get("GPU", 0))
+            best_cpu, best_gpu = max(best_cpu, cpu), max(best_gpu, gpu)
+            fits = fits or (cpu >= cpus and gpu >= gpus)
+        return best_cpu, best_gpu, fits
+
+    need = f"{cpus:g} CPU(s)" + (f" and {gpus:g} GPU(s)" if gpus else "")
+    best_cpu, best_gpu, fits = largest()
+    if fits:
+        return
+    print(f"  no node of the cluster has {need} for a trial yet (largest: {best_cpu:g} CPU, {best_gpu:g} GPU); "
+          f"waiting up to {wait_s:.0f} s for one to join", flush=True)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        time.sleep(min(poll_s, max(deadline - time.monotonic(), 0.0)))
+        best_cpu, best_gpu, fits = largest()
+        if fits:
+            print("  a node that fits has joined", flush=True)
+            return
+    raise ConfigError(
+        "resources.gpus" if best_cpu >= cpus else "resources.cpus",
+        f"no node of the cluster provides {need} per trial after {wait_s:.0f} s (largest node: {best_cpu:g} CPU, "
+        f"{best_gpu:g} GPU); lower `resources`, add nodes, or raise --wait-for-node",
+    )
 
 
 def _quiet_libraries(verbose: bool) -> None:
