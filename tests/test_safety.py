@@ -36,12 +36,8 @@ UNSAFE = {
     "pandas": {"read_pickle"},
 }  # fmt: skip
 #: Reviewed uses: (file, enclosing function, call) -> why it is acceptable.
-ALLOWED = {
-    ("metatune/study/_ray/storage.py", "optuna_trials", "pickle.load"): (
-        "Tune's own searcher-state pickle in the study folder; Tune unpickles the same file on "
-        "restore, so reading it adds no new trust in the folder"
-    ),
-}
+#: (None now: Optuna's record is read from its RDB storage, not from Tune's searcher pickle.)
+ALLOWED: dict[tuple[str, str, str], str] = {}
 
 
 class _Scanner(ast.NodeVisitor):
@@ -289,7 +285,7 @@ def test_metatune_ui_passes_loopback_to_the_server(frozen_study, monkeypatch, ca
     def no_tracker(study):  # noqa: ANN001
         raise RuntimeError("no MLflow here")  # cmd_ui treats the run link as optional
 
-    monkeypatch.setattr(study_cli, "_tracker", no_tracker)
+    monkeypatch.setattr(study_cli, "tracker_for", no_tracker)
     assert main(["ui", str(frozen_study.dir)]) == 0
     assert main(["ui", str(frozen_study.dir), "--host", "0.0.0.0", "--port", "5999"]) == 0
     default, explicit = _FakeServer.commands

@@ -207,6 +207,26 @@ def _read_records(study: Study) -> list[Any]:
     return _ray.read_records(study)
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """optuna-dashboard on the study's Optuna record (history, importance, slice, contour...)."""
+    from metatune.study._ray.storage import OPTUNA_FILE, optuna_storage_url
+    from metatune.study.spec import open_study
+
+    study = open_study(args.study or _find_default_study())
+    if not (study.dir / OPTUNA_FILE).is_file():
+        raise ConfigError("<study>", f"no Optuna record yet in {study.dir / OPTUNA_FILE} (no trial has started)",
+                          source=str(study.dir))
+    import optuna_dashboard
+
+    print(f"Optuna dashboard for study '{study.name}' ({study.dir / OPTUNA_FILE}): "
+          f"http://{args.host}:{args.port}/dashboard  (Ctrl-C stops it)", flush=True)
+    try:
+        optuna_dashboard.run_server(optuna_storage_url(study), host=args.host, port=args.port)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def _find_default_study() -> str:
     from metatune.study.spec import DEFAULT_ROOT, FROZEN_FILE
 
@@ -326,3 +346,9 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback only)")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("dashboard", help="open the study's Optuna record in optuna-dashboard (loopback)")
+    p.add_argument("study", nargs="?", help="study folder, study YAML or name (default: the only one)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_dashboard)

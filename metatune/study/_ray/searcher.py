@@ -1,8 +1,10 @@
-"""The searcher: Ray's OptunaSearch with a complete Optuna record, and a concurrency limiter
-that passes on the results of re-run trials."""
+"""The searcher: Ray's OptunaSearch with a complete Optuna record kept in an RDB storage (the
+study folder's ``optuna.db`` by default), and a concurrency limiter that passes on the results
+of re-run trials."""
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -10,10 +12,25 @@ import optuna
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from metatune.study._ray.optuna_seam import live_optuna_trial
+from metatune.study._ray.optuna_seam import (
+    live_optuna_trial,
+    live_trials,
+    pickled_study_storage,
+    set_live_trials,
+    trial_by_number,
+)
 from metatune.study.records import OUTCOME, TrialStatus, finite
 
-__all__ = ["ATTR_OUTCOME", "ATTR_RETRY_OF", "ATTR_TUNE_ID", "StudyLimiter", "StudySearch"]
+__all__ = [
+    "ATTR_OUTCOME",
+    "ATTR_RETRY_OF",
+    "ATTR_TUNE_ID",
+    "StudyLimiter",
+    "StudySearch",
+    "mark_lost_trials",
+    "open_storage",
+    "use_storage_url",
+]
 
 #: User attributes every Optuna trial carries, so Optuna's record reads on its own.
 ATTR_TUNE_ID = "metatune.trial_id"
@@ -21,6 +38,34 @@ ATTR_OUTCOME = "metatune.outcome"
 ATTR_RETRY_OF = "metatune.retry_of"
 
 Result = Mapping[str, Any]
+
+#: The Optuna storage URL and study name of the study being driven (set by run_study before
+#: Tune restores a searcher: a moved study folder has a new URL).
+_CURRENT: list[tuple[str, str]] = []
+
+
+def use_storage_url(url: str, study_name: str) -> None:
+    _CURRENT[:] = [(url, study_name)]
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    # sqlite: wait for a lock rather than fail at once (the dashboard may be reading).
+    kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite:") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+def mark_lost_trials(study: optuna.Study, *, live: set[int]) -> int:
+    """Optuna trials left RUNNING that no Tune trial will finish (asked after the last Tune
+    snapshot by a driver that then died, or of an experiment that started afresh) become FAIL,
+    tagged ``lost``; returns how many."""
+    lost = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t.number in live:
+            continue
+        trial_by_number(study, t.number).set_user_attr(ATTR_OUTCOME, "lost")
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        lost += 1
+    return lost
 
 
 def _outcome_attrs(result: Result | None, *, error: bool) -> dict[str, Any]:
@@ -53,14 +98,54 @@ class StudySearch(OptunaSearch):
         mode: str,
         sampler: optuna.samplers.BaseSampler,
         points_to_evaluate: list[dict[str, Any]] | None,
+        storage_url: str,
+        study_name: str,
     ) -> None:
         super().__init__(
-            space=space, metric=metric, mode=mode, sampler=sampler, points_to_evaluate=points_to_evaluate
+            space=space,
+            metric=metric,
+            mode=mode,
+            sampler=sampler,
+            points_to_evaluate=points_to_evaluate,
+            storage=open_storage(storage_url),
+            study_name=study_name,
         )
         # Ours, so no private reads: Tune trials told to Optuna, and the last step reported per
-        # trial. OptunaSearch.save pickles the searcher's __dict__, so both survive a restore.
+        # trial. save() pickles them with the searcher, so both survive a restore.
         self._told: set[str] = set()
         self._last_steps: dict[str, int] = {}
+        self._optuna_study_name = study_name
+        if self._ot_study is not None:  # a new experiment: nothing of an earlier start runs on
+            mark_lost_trials(self._ot_study, live=set())
+
+    # --------------------------------------------------------------- save and restore
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's snapshot of the searcher holds no Optuna record (that is in the RDB storage),
+        only which Optuna trial (by number) each running Tune trial is, and the sampler."""
+        state = self.__dict__.copy()
+        state["_ot_study"] = state["_storage"] = None
+        state["_ot_trials"] = {tid: t.number for tid, t in live_trials(self).items()}
+        with open(checkpoint_path, "wb") as out:
+            pickle.dump(state, out)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        if not _CURRENT:
+            raise RuntimeError("the study's Optuna storage is not set (use_storage_url)")
+        url, name = _CURRENT[0]
+        self._optuna_study_name = name
+        storage = open_storage(url)
+        pickled = getattr(self, "_ot_study", None)
+        if isinstance(pickled, optuna.Study) and name not in optuna.get_all_study_names(storage):
+            # Saved before Optuna's record moved to the RDB storage: the whole record is in the
+            # pickle; copy it over once.
+            optuna.copy_study(from_study_name=pickled.study_name, from_storage=pickled_study_storage(pickled),
+                              to_storage=storage, to_study_name=name)
+        numbers = {tid: (t.number if isinstance(t, optuna.Trial) else int(t)) for tid, t in live_trials(self).items()}
+        study = optuna.load_study(study_name=name, storage=storage, sampler=self._sampler)
+        trials = {tid: trial_by_number(study, n) for tid, n in numbers.items()}
+        set_live_trials(self, study=study, storage=storage, trials=trials)
+        mark_lost_trials(study, live=set(numbers.values()))
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         config = super().suggest(trial_id)
@@ -69,15 +154,31 @@ class StudySearch(OptunaSearch):
             ot_trial.set_user_attr(ATTR_TUNE_ID, trial_id)
         return config
 
+    def _finished_in_storage(self, trial_id: str) -> bool:
+        """Whether Optuna's record already has this trial finished. The record (an RDB) can be
+        ahead of Tune's snapshot, which holds ``_told``: a driver killed after telling Optuna
+        and before the snapshot; the restarted trial then replays its final report."""
+        ot_trial = live_optuna_trial(self, trial_id)
+        if ot_trial is None or trial_id in self._told:
+            return False
+        if ot_trial.study.get_trials(deepcopy=False)[ot_trial.number].state.is_finished():
+            self._told.add(trial_id)
+            return True
+        return False
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        if trial_id in self._told:
+        if trial_id in self._told or self._finished_in_storage(trial_id):
             return  # progress of a retried trial: only its final result matters to Optuna
-        # A trial restored from a checkpoint may report a step again; Optuna would warn.
-        step = result.get("training_iteration", 0)
-        if step <= self._last_steps.get(trial_id, -1):
+        # Keyed by training iteration, not Tune's report index, so Optuna's intermediate-value
+        # plot reads in iterations. A trial restored from a checkpoint may report a step again
+        # (Optuna would warn), and a diverged report carries the finite penalty.
+        step = result.get("iteration", result.get("training_iteration", 0))
+        ot_trial = live_optuna_trial(self, trial_id)
+        value = finite(result.get(self.metric))
+        if ot_trial is None or value is None or step is None or step <= self._last_steps.get(trial_id, -1):
             return
-        self._last_steps[trial_id] = step
-        super().on_trial_result(trial_id, result)
+        self._last_steps[trial_id] = int(step)
+        ot_trial.report(value, int(step))
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -86,6 +187,8 @@ class StudySearch(OptunaSearch):
         if ot_trial is None:
             return super().on_trial_complete(trial_id, result, error)
         attrs = _outcome_attrs(result, error=error)
+        if self._finished_in_storage(trial_id):
+            return  # the replay of a final report Optuna already has
         if trial_id not in self._told:
             for key, value in attrs.items():
                 ot_trial.set_user_attr(key, value)

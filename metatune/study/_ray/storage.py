@@ -8,7 +8,6 @@ import contextlib
 import json
 import logging
 import os
-import pickle
 import shutil
 import time
 from pathlib import Path
@@ -20,18 +19,19 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from metatune.atomic_files import write_atomic
-from metatune.study._ray.optuna_seam import saved_optuna_study
 from metatune.study.records import OUTCOME, TrialRecord, TuneStatus
 from metatune.study.resolved import Study
 
 __all__ = [
     "ERROR_MARKER",
     "FINAL_FILE",
+    "OPTUNA_FILE",
     "ErrorMarker",
     "can_resume",
     "error_marker",
     "local_trial_dir",
     "mark_error",
+    "optuna_storage_url",
     "optuna_trials",
     "prune_checkpoints",
     "snapshot_trials",
@@ -50,6 +50,8 @@ FINAL_FILE = "final.json"
 #: worker killed right after reporting iteration 250 was retried from 200), so a restart
 #: takes whichever of the two is further on: nothing is trained twice.
 LATEST_CHECKPOINT_FILE = "latest_checkpoint.pt"
+#: In the study folder: Optuna's record of the study (an RDB storage; optuna-dashboard reads it).
+OPTUNA_FILE = "optuna.db"
 #: Written into a trial's folder when it ends in error (see mark_error).
 ERROR_MARKER = "metatune_error.json"
 #: What the error marker holds: when, retries so far, the error's last line.
@@ -207,17 +209,23 @@ def prune_checkpoints(study: Study, *, keep: int = 2) -> int:
 
 
 # ---------------------------------------------------------------------- Optuna's record
-def optuna_trials(study: Study) -> list[optuna.trial.FrozenTrial]:
-    """Optuna's record of the study (FrozenTrials), read from the searcher state Tune saved with
-    its last experiment snapshot. Local storage only; [] before the first snapshot."""
-    if "://" in str(study.tune_path):
-        return []
-    # One file per driver run, named by its start time (Tune rewrites them all, so no mtimes).
-    states = sorted(Path(study.tune_path).glob("searcher-state-*.pkl"))
-    if not states:
-        return []
-    with open(states[-1], "rb") as f:
-        state = pickle.load(f)
-    ot_study = saved_optuna_study(state)
-    return list(ot_study.trials) if ot_study is not None else []
+def optuna_storage_url(study: Study) -> str:
+    """Where the study keeps Optuna's record: ``<study>/optuna.db`` (sqlite). Resolved from the
+    study folder each time, so a moved or copied folder uses its own."""
+    return f"sqlite:///{Path(study.dir) / OPTUNA_FILE}"
 
+
+def optuna_trials(study: Study) -> list[optuna.trial.FrozenTrial]:
+    """Optuna's record of the study (FrozenTrials), read from its RDB storage; [] before the
+    first trial was asked for."""
+    path = Path(study.dir) / OPTUNA_FILE
+    if not path.is_file():
+        return []
+    storage = optuna.storages.RDBStorage(optuna_storage_url(study))
+    try:
+        if study.name not in optuna.get_all_study_names(storage):
+            return []
+        return list(optuna.load_study(study_name=study.name, storage=storage).trials)
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()

@@ -30,9 +30,9 @@ from metatune.study._ray.callback import (
     driver_stop,
     stop_if_disk_refuses,
 )
-from metatune.study._ray.searcher import StudyLimiter, StudySearch
+from metatune.study._ray.searcher import StudyLimiter, StudySearch, use_storage_url
 from metatune.study._ray.snapshot import SnapshotCopier
-from metatune.study._ray.storage import can_resume, prune_checkpoints
+from metatune.study._ray.storage import can_resume, optuna_storage_url, prune_checkpoints
 from metatune.study._ray.trainable import StudyTrainable, make_trainable
 from metatune.study._ray.tune_logs import RestoreFailed, tune_logs_for_a_study
 from metatune.study.param_names import LEARNER_KEY
@@ -101,6 +101,8 @@ def build_tuner(study: Study, trainable: StudyTrainable) -> tune.Tuner:
         mode=study.mode,
         sampler=sampler,
         points_to_evaluate=study.initial_points or None,
+        storage_url=optuna_storage_url(study),
+        study_name=study.name,
     )
     tune_config = tune.TuneConfig(
         metric=study.metric,
@@ -222,6 +224,7 @@ def run_study(study: Study, monitor: StudyMonitor, *, resume: bool = False) -> S
     new experiment); call ``repair_snapshot`` first, which puts the last good copy back."""
     configure_tune_env()
     trainable = make_trainable(study)
+    use_storage_url(optuna_storage_url(study), study.name)  # a restored searcher reopens it here
     key = str(study.dir)
     attach_monitor(key, monitor)
     copier = SnapshotCopier(study)
