@@ -198,6 +198,11 @@ def _quiet_libraries(verbose: bool) -> None:
         logging.getLogger("ray.tune.search.optuna.optuna_search").addFilter(
             lambda record: "Study.stop" not in record.getMessage()
         )
+        # Ray announces, on every start, that token authentication is on by default: it stays
+        # on (it guards the local instance against other users); the notice is dropped.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+            lambda record: not record.getMessage().startswith("Token authentication is enabled")
+        )
 
 
 def shutdown_ray() -> None:
