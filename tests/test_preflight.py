@@ -180,3 +180,14 @@ def test_a_half_created_mlflow_store_heals(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
     exp = client.get_experiment_by_name("preflight")
     assert exp is not None and len(client.search_runs([exp.experiment_id])) == 2  # parent + 1 trial
+
+
+def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path):
+    storage = tmp_path / "never"
+    done = metatune("run", str(study_file(tmp_path)), "--storage", str(storage), "--dry-run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "dry run: nothing started" in done.stdout and "1 trials of maml" in done.stdout
+    assert "maml: inner_lr: float [" in done.stdout and "20 iterations" in done.stdout
+    assert not storage.exists() and "trials:" not in done.stdout  # no folder, no Ray
+    bad = metatune("run", str(study_file(tmp_path, resources={"cpus": 1000})), "--dry-run", cwd=tmp_path)
+    refused(bad, "field 'resources.cpus'")  # the plan is only printed for a study that would run

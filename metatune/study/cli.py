@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metatune.errors import ConfigError
-from metatune.study.driver import execute, public_uri, tracker_for
+from metatune.study.driver import describe_plan, execute, public_uri, tracker_for
 from metatune.study.preflight import check_resources, clear_study_folder, hold_study_lock, writable_folder
 from metatune.study.records import TrialStatus
 
@@ -38,6 +38,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     study = load_study(args.study, storage=args.storage, tracking_uri=args.tracking_uri)
     _preflight(study, args)
+    if args.dry_run:
+        print(describe_plan(study))
+        return 0
     writable_folder(study.dir, "--storage" if args.storage else "storage")
     lock = hold_study_lock(study.dir, study.name, command="run")  # held until this driver exits
     frozen = study.dir / FROZEN_FILE
@@ -315,6 +318,7 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("study", help="study YAML (studies/*.yaml)")
     p.add_argument("--storage", help="study folder or s3:// / gs:// URI (default ./metatune_results/<name>)")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier run of this study first")
+    p.add_argument("--dry-run", action="store_true", help="check the study and print its plan; start nothing")
     _add_exec_options(p)
     p.set_defaults(func=cmd_run)
 

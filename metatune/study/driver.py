@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from metatune.study._mlflow import Tracker
     from metatune.study.resolved import Study
 
-__all__ = ["execute", "public_uri", "tracker_for"]
+__all__ = ["describe_plan", "execute", "public_uri", "tracker_for"]
 
 
 def tracker_for(study: Study) -> Tracker:
@@ -139,3 +139,31 @@ def execute(study: Study, args: argparse.Namespace, *, resume: bool) -> int:
         )
         return 1
     return 0
+
+
+def describe_plan(study: Study) -> str:
+    """What ``metatune run --dry-run`` prints: the trials, what each samples and trains, the
+    resources and where it would write; nothing is started or written."""
+    s, tr = study.spec, study.spec.training
+    lines = [
+        f"study '{study.name}' (dry run: nothing started, nothing written)",
+        f"  {study.num_trials} trials of {', '.join(study.learners)}; sampler {s.sampler.name}, "
+        f"scheduler {s.scheduler.name}, objective {study.metric} ({study.mode})",
+        f"  each trial: {tr.iterations} iterations, meta-batch {tr.meta_batch}, outer lr {tr.outer_lr:g} "
+        f"({tr.outer_optimizer}), validation every {tr.eval_every}; {s.resources.cpus:g} CPU"
+        + (f" + {s.resources.gpus:g} GPU" if s.resources.gpus else ""),
+        "  search space:",
+    ]
+    for learner in study.learners:
+        described = []
+        for param in study.space.for_learner(learner):
+            text = param.describe()
+            head, _, shared = text.rpartition(" [")
+            # "inner_lr: float [0.003, 0.1] log [maml, metasgd]": the learner list is this line's.
+            described.append(head if head and learner in shared else text)
+        lines.append(f"    {learner}: " + ("; ".join(described) or "(defaults only)"))
+    lines += [
+        f"  folder {study.dir} (Tune experiment, trials.parquet, optuna.db, table/, best/)",
+        f"  MLflow {public_uri(study)} (experiment '{study.experiment}')",
+    ]
+    return "\n".join(lines)
