@@ -102,3 +102,38 @@ def test_the_optuna_record_is_an_rdb_storage_in_the_study_folder(tmp_path):
             assert "record" in dom.stdout, dom.stdout[-2000:]
     finally:
         dash.cleanup()
+
+
+def test_a_study_warm_starts_from_another_and_keeps_its_record_where_the_file_says(tmp_path):
+    short = {**STUDY, "max_concurrent_trials": None, "training": {"iterations": 40, "eval_every": 20}}
+    a_file, b_file = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a_file.write_text(yaml.safe_dump(short))
+    a = tmp_path / "A"
+    done = _metatune("run", str(a_file), "--storage", str(a), "--num-cpus", "1", "--no-mlflow", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    shared = tmp_path / "db" / "shared.db"
+    shared.parent.mkdir()
+    b_study = {**short, "name": "seeded", "trials": 1,
+               "optuna": {"storage": f"sqlite:///{shared}", "warm_start": "A"}}
+    b_file.write_text(yaml.safe_dump(b_study))
+    b = tmp_path / "B"
+    seeded = _metatune("run", str(b_file), "--storage", str(b), "--num-cpus", "1", "--no-mlflow", cwd=tmp_path)
+    assert seeded.returncode == 0, seeded.stdout[-2000:] + seeded.stderr[-2000:]
+    assert "warm start: 2 finished trial(s) of study 'record'" in seeded.stdout
+    assert not (b / "optuna.db").exists()
+    record = optuna.load_study(study_name="seeded", storage=f"sqlite:///{shared}")
+    copied = [t for t in record.trials if t.user_attrs.get("metatune.warm_start_from") == "record"]
+    own = [t for t in record.trials if "metatune.warm_start_from" not in t.user_attrs]
+    assert len(copied) == 2 and len(own) == 1 and own[0].state.name == "COMPLETE"
+    assert sorted(t.value for t in copied) == sorted(t.value for t in _record(a).trials)
+
+    for study, needle in (
+        ({**b_study, "name": "nowhere", "optuna": {"warm_start": "no-such-study"}}, "field 'optuna.warm_start'"),
+        ({**b_study, "name": "badurl", "optuna": {"storage": "redis://x"}}, "field 'optuna.storage'"),
+    ):
+        b_file.write_text(yaml.safe_dump(study))
+        bad = _metatune("run", str(b_file), "--storage", str(tmp_path / study["name"]), cwd=tmp_path, timeout=60)
+        err = bad.stderr.strip()
+        assert bad.returncode == 2 and err.count("\n") == 0 and needle in err, (bad.returncode, err)
+        assert not (tmp_path / study["name"]).exists()

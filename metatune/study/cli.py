@@ -28,16 +28,24 @@ __all__ = ["register_commands"]
 
 
 def _same_study(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether frozen study ``a`` (read back) and ``b`` (from the file) are the same study. A
+    section ``a`` lacks (written before that section existed) matches ``b``'s when that is unset."""
     skip = {"tracking", "workdir"}
-    return {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
+
+    def unset(value: Any) -> bool:
+        return value is None or (isinstance(value, dict) and all(unset(v) for v in value.values()))
+
+    keys = (set(a) | set(b)) - skip
+    return all(a.get(k) == b.get(k) or (k not in a and unset(b.get(k))) for k in keys)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from metatune.config import read_yaml
-    from metatune.study.spec import FROZEN_FILE, is_uri, load_study
+    from metatune.study.spec import FROZEN_FILE, is_uri, load_study, warm_start_source
 
     study = load_study(args.study, storage=args.storage, tracking_uri=args.tracking_uri)
     _preflight(study, args)
+    warm_start_source(study)  # a missing or mismatched warm-start study: one line, before Ray
     if args.dry_run:
         print(describe_plan(study))
         return 0
@@ -216,12 +224,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from metatune.study.spec import open_study
 
     study = open_study(args.study or _find_default_study())
-    if not (study.dir / OPTUNA_FILE).is_file():
+    if study.spec.optuna.storage is None and not (study.dir / OPTUNA_FILE).is_file():
         raise ConfigError("<study>", f"no Optuna record yet in {study.dir / OPTUNA_FILE} (no trial has started)",
                           source=str(study.dir))
     import optuna_dashboard
 
-    print(f"Optuna dashboard for study '{study.name}' ({study.dir / OPTUNA_FILE}): "
+    print(f"Optuna dashboard for study '{study.name}' ({study.spec.optuna.storage or study.dir / OPTUNA_FILE}): "
           f"http://{args.host}:{args.port}/dashboard  (Ctrl-C stops it)", flush=True)
     try:
         optuna_dashboard.run_server(optuna_storage_url(study), host=args.host, port=args.port)

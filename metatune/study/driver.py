@@ -165,5 +165,7 @@ def describe_plan(study: Study) -> str:
     lines += [
         f"  folder {study.dir} (Tune experiment, trials.parquet, optuna.db, table/, best/)",
         f"  MLflow {public_uri(study)} (experiment '{study.experiment}')",
+        f"  Optuna record {study.spec.optuna.storage or study.dir / 'optuna.db'}"
+        + (f", warm-started from {study.spec.optuna.warm_start}" if study.spec.optuna.warm_start else ""),
     ]
     return "\n".join(lines)

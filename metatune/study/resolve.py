@@ -270,6 +270,31 @@ def open_study(ref: str | Path, *, tracking_uri: str | None = None) -> Study:
     return parse_study(data, source=str(frozen), tracking_uri=tracking_uri)
 
 
+def warm_start_source(study: Study) -> Study | None:
+    """The study named by ``optuna.warm_start`` (a folder, resolved against the study's
+    workdir, or a name under its ./metatune_results), checked to optimise the same metric in
+    the same direction; None when unset."""
+    ref = study.spec.optuna.warm_start
+    if ref is None:
+        return None
+    path = Path(ref).expanduser()
+    if not path.is_absolute():
+        here = Path(study.cwd) / path
+        path = here if here.exists() else Path(study.cwd) / DEFAULT_ROOT / ref
+    try:
+        source = open_study(path)
+    except ConfigError as exc:
+        raise ConfigError("optuna.warm_start", exc.detail, source=study.source) from None
+    if (source.metric, source.mode) != (study.metric, study.mode):
+        raise ConfigError(
+            "optuna.warm_start",
+            f"study '{source.name}' optimises {source.metric} ({source.mode}), this one {study.metric} "
+            f"({study.mode}): its values would mislead the sampler",
+            source=study.source,
+        )
+    return source
+
+
 def _relocated(data: Any, here: Path) -> Any:
     """A frozen copy found in another folder than the one it names was moved or copied there
     (``cp -r A B``): it is the study of the folder it is in, with its default MLflow store."""

@@ -13,6 +13,7 @@ resources: {cpus: 1, gpus: 0}                           # gpus may be a fraction
 training: {iterations: 600, meta_batch: 4, eval_every: 200}
 evaluation: {tasks: 200, shots: [5, 10, 20], inner_steps: 10}
 tracking: {uri: null, experiment: null}                 # default sqlite in the study folder
+optuna: {storage: null, warm_start: null}               # default <study>/optuna.db; seed from a study
 storage: null                                           # default ./metatune_results/<name>
 table: {rows: inner_lr}                                 # the study table's row axis
 seed: 0
@@ -36,7 +37,9 @@ from metatune.study.strategies import SAMPLERS, SCHEDULERS
 __all__ = [
     "DEFAULT_ROOT",
     "FROZEN_FILE",
+    "OPTUNA_SCHEMES",
     "TUNE_NAME",
+    "OptunaSpec",
     "ResourcesSpec",
     "RunExtras",
     "SamplerSpec",
@@ -131,6 +134,30 @@ class TrackingSpec:
             check_tracking_uri(self.uri, "uri")
 
 
+#: Databases Optuna's RDB storage runs on.
+OPTUNA_SCHEMES = frozenset({"sqlite", "postgresql", "mysql"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptunaSpec:
+    #: Optuna's RDB storage, for a cluster's shared database (postgresql://user@host/db,
+    #: mysql://..., sqlite:////abs/path.db); null = sqlite in the study folder (<study>/optuna.db).
+    storage: str | None = None
+    #: Another study (its folder, or a study name under ./metatune_results) whose finished
+    #: trials are copied, with their values, into this study's Optuna record before the first
+    #: trial: the sampler starts from what that study learnt. Same metric and direction.
+    warm_start: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.storage is not None:
+            scheme = self.storage.split("://", 1)[0].lower().split("+")[0] if "://" in self.storage else ""
+            if scheme not in OPTUNA_SCHEMES:
+                raise ConfigError(
+                    "storage",
+                    f"expected a database URL with scheme {', '.join(sorted(OPTUNA_SCHEMES))}; got {self.storage!r}",
+                )
+
+
 @dataclass(frozen=True, kw_only=True)
 class TableSpec:
     #: Row axis: a searched knob (inner_lr) or 'best' (the best trial per learner); null = the
@@ -179,6 +206,7 @@ class StudySpec:
     #: Retries of a trial whose worker died (it resumes from its last checkpoint).
     max_failures: int = 1
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
+    optuna: OptunaSpec = field(default_factory=OptunaSpec)
     #: Study folder (Tune experiment, MLflow store, Parquet, exported configs), or a URI
     #: (s3://, gs://) for the Tune experiment; null = ./metatune_results/<name>.
     storage: str | None = None

@@ -4,7 +4,7 @@ receive is :mod:`.plan`."""
 
 from __future__ import annotations
 
-from metatune.study.resolve import load_study, open_study, parse_study
+from metatune.study.resolve import load_study, open_study, parse_study, warm_start_source
 from metatune.study.resolved import Study
 from metatune.study.schema import (
     DEFAULT_ROOT,
@@ -38,4 +38,5 @@ __all__ = [
     "load_study",
     "open_study",
     "parse_study",
+    "warm_start_source",
 ]

@@ -25,6 +25,7 @@ __all__ = [
     "ATTR_OUTCOME",
     "ATTR_RETRY_OF",
     "ATTR_TUNE_ID",
+    "ATTR_WARM_START",
     "StudyLimiter",
     "StudySearch",
     "mark_lost_trials",
@@ -36,6 +37,8 @@ __all__ = [
 ATTR_TUNE_ID = "metatune.trial_id"
 ATTR_OUTCOME = "metatune.outcome"
 ATTR_RETRY_OF = "metatune.retry_of"
+#: On a trial copied from another study's record (``optuna.warm_start``): that study's name.
+ATTR_WARM_START = "metatune.warm_start_from"
 
 Result = Mapping[str, Any]
 
@@ -52,6 +55,25 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     # sqlite: wait for a lock rather than fail at once (the dashboard may be reading).
     kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite:") else {}
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+def warm_start(url: str, study_name: str, *, source: str, trials: list[optuna.trial.FrozenTrial]) -> int:
+    """Copy the COMPLETE ``trials`` of study ``source`` (params, distributions, value, user
+    attributes) into this study's record, once: the sampler starts from them. Returns how many."""
+    storage = open_storage(url)
+    target = optuna.load_study(study_name=study_name, storage=storage)
+    if any(ATTR_WARM_START in t.user_attrs for t in target.get_trials(deepcopy=False)):
+        return 0
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+    target.add_trials([
+        optuna.trial.create_trial(
+            params=t.params, distributions=t.distributions, value=t.value,
+            intermediate_values=t.intermediate_values,
+            user_attrs={**t.user_attrs, ATTR_WARM_START: source},
+        )
+        for t in done
+    ])
+    return len(done)
 
 
 def mark_lost_trials(study: optuna.Study, *, live: set[int]) -> int:

@@ -210,16 +210,16 @@ def prune_checkpoints(study: Study, *, keep: int = 2) -> int:
 
 # ---------------------------------------------------------------------- Optuna's record
 def optuna_storage_url(study: Study) -> str:
-    """Where the study keeps Optuna's record: ``<study>/optuna.db`` (sqlite). Resolved from the
-    study folder each time, so a moved or copied folder uses its own."""
-    return f"sqlite:///{Path(study.dir) / OPTUNA_FILE}"
+    """Where the study keeps Optuna's record: the study file's ``optuna.storage``, else
+    ``<study>/optuna.db`` (sqlite), resolved from the study folder each time, so a moved or
+    copied folder uses its own."""
+    return study.spec.optuna.storage or f"sqlite:///{Path(study.dir) / OPTUNA_FILE}"
 
 
 def optuna_trials(study: Study) -> list[optuna.trial.FrozenTrial]:
     """Optuna's record of the study (FrozenTrials), read from its RDB storage; [] before the
     first trial was asked for."""
-    path = Path(study.dir) / OPTUNA_FILE
-    if not path.is_file():
+    if study.spec.optuna.storage is None and not (Path(study.dir) / OPTUNA_FILE).is_file():
         return []
     storage = optuna.storages.RDBStorage(optuna_storage_url(study))
     try:

@@ -30,13 +30,14 @@ from metatune.study._ray.callback import (
     driver_stop,
     stop_if_disk_refuses,
 )
-from metatune.study._ray.searcher import StudyLimiter, StudySearch, use_storage_url
+from metatune.study._ray.searcher import StudyLimiter, StudySearch, use_storage_url, warm_start
 from metatune.study._ray.snapshot import SnapshotCopier
-from metatune.study._ray.storage import can_resume, optuna_storage_url, prune_checkpoints
+from metatune.study._ray.storage import can_resume, optuna_storage_url, optuna_trials, prune_checkpoints
 from metatune.study._ray.trainable import StudyTrainable, make_trainable
 from metatune.study._ray.tune_logs import RestoreFailed, tune_logs_for_a_study
 from metatune.study.param_names import LEARNER_KEY
 from metatune.study.records import TuneStatus
+from metatune.study.resolve import warm_start_source
 from metatune.study.resolved import Study
 from metatune.study.schema import TUNE_NAME
 from metatune.study.strategies import SCHEDULERS, make_sampler
@@ -104,6 +105,10 @@ def build_tuner(study: Study, trainable: StudyTrainable) -> tune.Tuner:
         storage_url=optuna_storage_url(study),
         study_name=study.name,
     )
+    source = warm_start_source(study)
+    if source is not None:
+        copied = warm_start(optuna_storage_url(study), study.name, source=source.name, trials=optuna_trials(source))
+        print(f"  warm start: {copied} finished trial(s) of study '{source.name}' seed the sampler", flush=True)
     tune_config = tune.TuneConfig(
         metric=study.metric,
         mode=study.mode,
