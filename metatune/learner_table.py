@@ -1,5 +1,5 @@
-"""Every learner's settings as a table, read from the one declaration each learner makes
-(``Learner.hyperparameters``): what ``metatune learners`` prints and what ``docs/learners.md``
+"""Every learner's settings as a table, read from the one declaration each learner makes (its
+``config_class``, through the rows ``Learner.hyperparameters`` derives from it): what ``metatune learners`` prints and what ``docs/learners.md``
 holds (a test keeps the two equal).
 """
 
