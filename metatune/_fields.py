@@ -14,7 +14,6 @@ and a tuple takes a list, as a YAML file can give nothing else. Unknown keys are
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import math
@@ -28,7 +27,7 @@ import pydantic_core
 
 from metatune.errors import ConfigError
 
-__all__ = ["as_plain", "build", "describe_type", "finite_float", "positive", "real_key", "strict_scalars"]
+__all__ = ["as_plain", "build", "describe_type", "positive", "real_key", "strict_scalars"]
 
 T = TypeVar("T")
 
@@ -58,14 +57,6 @@ def describe_type(tp: Any) -> str:
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return "a mapping"
     return getattr(tp, "__name__", str(tp))
-
-
-def finite_float(value: int | float, field: str) -> float:
-    """``value`` as a float, or ConfigError if it is infinite, NaN, or an integer too large for
-    a float (float() of an integer beyond ~1.8e308 raises OverflowError)."""
-    if isinstance(value, int) and abs(value) > sys.float_info.max or not math.isfinite(value):
-        raise ConfigError(field, f"expected a finite number, got {value!r}")
-    return float(value)
 
 
 def _numeric_string(value: Any) -> Any:
@@ -121,7 +112,7 @@ def strict_scalars(schema: Any) -> Any:
 def _validator(cls: type) -> pydantic_core.SchemaValidator:
     """One validator per class, made on first use (a task or learner from a plugin too)."""
     schema = pydantic.TypeAdapter(cls).core_schema
-    return pydantic_core.SchemaValidator(strict_scalars(copy.deepcopy(schema)))
+    return pydantic_core.SchemaValidator(strict_scalars(schema))  # a patched copy: pydantic's stays
 
 
 def real_key(data: Any, key: int | str) -> Any:

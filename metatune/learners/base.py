@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
 from typing import ClassVar, Generic, TypeVar, cast
 
 import torch
@@ -77,10 +76,14 @@ class Learner(abc.ABC, Generic[StateT]):
         self.backbone = backbone
         self.task = task
         self.config = config
-        #: The settings by name, read-only (for code that reads them generically).
-        self.hparams: Mapping[str, Value] = MappingProxyType(config.values())
         self.check_backbone(backbone)
         self._adapted = backbone.adapted_keys()
+
+    @property
+    def hparams(self) -> dict[str, Value]:
+        """The settings by name, a fresh dict (for code that reads them generically; a learner
+        reads its own from :attr:`config`, typed)."""
+        return self.config.values()
 
     # ----------------------------------------------------------------- declaration
     @classmethod
