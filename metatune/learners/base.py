@@ -96,11 +96,6 @@ class Learner(abc.ABC, Generic[StateT]):
         return cls.config_class.parse(values, learner=getattr(cls, "name", cls.__name__), prefix=prefix)
 
     @classmethod
-    def validate_hparams(cls, values: Mapping[str, object], *, prefix: str = "") -> dict[str, Value]:
-        """The settings with defaults filled in, by name (``parse_settings(...).values()``)."""
-        return cls.parse_settings(values, prefix=prefix).values()
-
-    @classmethod
     def runtime_names(cls) -> tuple[str, ...]:
         """The settings that reach the inner loop as tensors (every float one)."""
         return tuple(h.name for h in cls.hyperparameters if h.kind == "float")
