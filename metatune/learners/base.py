@@ -9,6 +9,7 @@ inner gradients with ``torch.func.grad``.
 from __future__ import annotations
 
 import abc
+import warnings
 from collections.abc import Callable, Mapping
 from typing import ClassVar, Generic, TypeVar, cast
 
@@ -17,7 +18,7 @@ from torch import Tensor
 from torch.func import grad, vmap
 
 from metatune.errors import ConfigError
-from metatune.learners.hparams import HyperParameter, LearnerConfig, Value
+from metatune.learners.hparams import HyperParameter, LearnerConfig, Value, config_from_rows
 from metatune.learners.state import AdaptState
 from metatune.models.base import Backbone, Params
 from metatune.tasks.base import TaskBatch, TaskDistribution
@@ -61,6 +62,14 @@ class Learner(abc.ABC, Generic[StateT]):
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
+        if "hyperparameters" in cls.__dict__ and "config_class" not in cls.__dict__:
+            # A learner written before config classes declared rows; they still work, as a
+            # config class made from them.
+            warnings.warn(
+                f"{cls.__qualname__}: declare settings as a LearnerConfig subclass (config_class), "
+                "not as hyperparameters rows", DeprecationWarning, stacklevel=2,
+            )
+            cls.config_class = config_from_rows(f"{cls.__name__}Config", cls.__dict__["hyperparameters"])
         cls.hyperparameters = cls.config_class.hyperparameters()
 
     def __init__(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Self, cast, get_args, get_origin
 
@@ -27,7 +27,7 @@ from metatune.errors import ConfigError
 
 __all__ = [
     "COMMON", "FIRST_ORDER", "INNER_LR", "INNER_STEPS", "HyperParameter", "LearnerConfig", "Setting", "Value",
-    "Settings", "setting",
+    "Settings", "config_from_rows", "setting",
 ]
 
 Value = float | int | bool | str
@@ -222,6 +222,22 @@ class LearnerConfig(Settings):
         1, symbol="n", ge=1, le=100, search=(1, 10), help="inner-loop steps during meta-training",
     )
     first_order: bool = setting(False, help="treat inner gradients as constants (FOMAML-style)")
+
+
+def config_from_rows(name: str, rows: Sequence[HyperParameter]) -> type[LearnerConfig]:
+    """A config class for a learner that still declares ``hyperparameters`` rows (a plugin
+    written before config classes): each row becomes a field with its type, bounds and
+    metadata, on top of :class:`LearnerConfig` (the base class reads its three settings)."""
+    fields: dict[str, Any] = {}
+    for h in rows:
+        kinds: dict[str, Any] = {"float": float, "int": int, "bool": bool}
+        annotation = kinds.get(h.kind) or Literal[h.choices]
+        bounds = {} if h.low is None else {"gt" if h.low_open else "ge": h.low}
+        fields[h.name] = (annotation, setting(
+            h.default, symbol=h.symbol, help=h.help, le=h.high, log=h.log, search=h.search,
+            searchable=h.searchable, **bounds,
+        ))
+    return pydantic.create_model(name, __base__=LearnerConfig, **fields)
 
 
 _COMMON_ROWS = LearnerConfig.hyperparameters()
