@@ -162,8 +162,10 @@ def _locate(
     return path or "<root>", tp, False, tuple(rank), data
 
 
-def _config_error(cls: type, data: Mapping[str, Any], exc: pydantic.ValidationError, prefix: str) -> ConfigError:
-    """The first of pydantic's errors in reading order, in metatune's words."""
+def _config_error(cls: type, data: Mapping[str, Any], exc: pydantic.ValidationError, prefix: str) -> Exception:
+    """The first of pydantic's errors in reading order, in metatune's words; a ValueError from
+    a ``__post_init__`` that is no ConfigError is a bug, not a config error: it is returned as
+    raised (pydantic would otherwise have wrapped it)."""
     located = [(error, *_locate(cls, data, tuple(error["loc"]), prefix)) for error in exc.errors(include_url=False)]
     error, path, tp, unknown, _, held = min(located, key=lambda item: item[4])
     kind, value = error["type"], error["input"]
@@ -175,6 +177,8 @@ def _config_error(cls: type, data: Mapping[str, Any], exc: pydantic.ValidationEr
         if where and where != "<root>" and not cause.field.startswith(f"{where}."):
             return ConfigError(f"{where}.{cause.field}", cause.detail)
         return ConfigError(cause.field, cause.detail)
+    if isinstance(cause, Exception):
+        return cause
     if unknown or kind == "extra_forbidden":
         known = ", ".join(sorted(f.name for f in dataclasses.fields(_owner(cls, error["loc"])) if f.init))
         return ConfigError(path, f"unknown field; expected one of: {known}")
