@@ -50,6 +50,8 @@ def _valid(h: HyperParameter) -> str:
 
 
 def _search(h: HyperParameter) -> str:
+    if not h.searchable:
+        return "fixed"  # a search space refuses it
     if h.search is None:
         return "-"
     return f"[{_number(h.search[0])}, {_number(h.search[1])}]{' log' if h.log else ''}"
