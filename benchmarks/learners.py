@@ -162,7 +162,7 @@ def build(name: str, steps: int, case: str, args: argparse.Namespace):
         task = synthetic_images_task()(size=args.conv4_size)
         backbone = build_backbone({"name": "conv4", "channels": 64}, input_shape=task.input_shape,
                                   output_dim=task.output_dim)
-        learner = cls(backbone=backbone, task=task, **cls.validate_hparams({"inner_steps": steps}))
+        learner = cls(backbone=backbone, task=task, inner_steps=steps)  # validated by the learner's config
         return learner, task, f"conv4 64ch, {args.conv4_size}x{args.conv4_size}x3, 5-way 5-shot, 15 query"
     if cls.requires_batchnorm:
         s = CXGRAD_SMALL

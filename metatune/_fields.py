@@ -1,22 +1,33 @@
 """Build typed, frozen dataclasses from YAML mappings, with messages that name the field.
 
 Every configurable piece of metatune (task distributions, backbones, the training and
-evaluation sections) is a keyword-only dataclass; this module is the one place that turns a
-plain mapping into one of them and says exactly which field is wrong and why.
+evaluation sections, study files, search spaces) is a keyword-only dataclass; this module turns
+a plain mapping into one of them with pydantic and says exactly which field is wrong and why,
+in one line: ``field 'a.b': expected ..., got ...``.
+
+The rules are pydantic's, with its scalars made strict: an integer field takes an integer only
+(not ``2.5``, ``"3"`` or ``true``), a number field takes an int or a float (finite; a numeric
+string too, since YAML 1.1 reads ``1e-3`` as one) but not a bool, a bool takes ``true`` or
+``false`` only, a string a string only. Structure stays lax: a nested dataclass takes a mapping
+and a tuple takes a list, as a YAML file can give nothing else. Unknown keys are refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
 import types
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
+import pydantic
+import pydantic_core
+
 from metatune.errors import ConfigError
 
-__all__ = ["as_plain", "build", "check_value", "describe_type", "finite_float", "positive"]
+__all__ = ["as_plain", "build", "describe_type", "positive", "real_key", "strict_scalars"]
 
 T = TypeVar("T")
 
@@ -27,7 +38,7 @@ def describe_type(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     if origin in (Union, types.UnionType):
         return " or ".join(describe_type(a) for a in get_args(tp))
-    if origin is dict:
+    if origin is dict or tp is dict:
         return "a mapping"
     if origin in (tuple, list):
         args = get_args(tp)
@@ -43,76 +54,154 @@ def describe_type(tp: Any) -> str:
         return "true or false"
     if tp is str:
         return "a string"
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return "a mapping"
     return getattr(tp, "__name__", str(tp))
 
 
-def finite_float(value: int | float, field: str) -> float:
-    """``value`` as a float, or ConfigError if it is infinite, NaN, or an integer too large for
-    a float (float() of an integer beyond ~1.8e308 raises OverflowError)."""
-    if isinstance(value, int) and abs(value) > sys.float_info.max or not math.isfinite(value):
-        raise ConfigError(field, f"expected a finite number, got {value!r}")
-    return float(value)
+def _numeric_string(value: Any) -> Any:
+    """A finite numeric string as its float (YAML 1.1 reads ``1e-3`` as a string); anything
+    else unchanged, for the strict float check after this to judge."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        if math.isfinite(number):
+            return number
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > sys.float_info.max:
+        raise pydantic_core.PydanticCustomError("finite_number", "Input should be a finite number")
+    return value
 
 
-def check_value(value: Any, tp: Any, field: str) -> Any:
-    """Return ``value`` coerced to ``tp`` (ints to floats, lists to tuples) or raise ConfigError."""
-    origin = get_origin(tp)
-    if tp is Any:
-        return value
-    if origin is Literal:
-        if any(value == a and type(value) is type(a) for a in get_args(tp)):
-            return value
-        raise ConfigError(field, f"expected {describe_type(tp)}, got {value!r}")
-    if origin in (Union, types.UnionType):
-        errors = []
-        for arg in get_args(tp):
-            try:
-                return check_value(value, arg, field)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise ConfigError(field, f"expected {describe_type(tp)}, got {value!r}")
-    if origin is dict or tp is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(field, f"expected a mapping, got {value!r}")
-        return dict(value)
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(field, f"expected {describe_type(tp)}, got {value!r}")
-        args = [a for a in get_args(tp) if a is not Ellipsis]
-        inner = args[0] if args else Any
-        return tuple(check_value(v, inner, f"{field}[{i}]") for i, v in enumerate(value))
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(field, f"expected null, got {value!r}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(field, f"expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(field, f"expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return finite_float(value, field)
-        # YAML 1.1 reads "1e-3" as a string; accept numeric strings, as users expect.
-        if isinstance(value, str):
-            try:
-                out = float(value)
-            except ValueError:
-                pass
-            else:
-                if math.isfinite(out):
-                    return out
-        raise ConfigError(field, f"expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(field, f"expected a string, got {value!r}")
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return build(tp, value, prefix=field)
-    raise TypeError(f"unsupported field type {tp!r} for {field}")
+def _empty_section(value: Any) -> Any:
+    return {} if value is None else value
+
+
+def strict_scalars(schema: Any) -> Any:
+    """A copy of a pydantic-core schema with every scalar strict and every float finite (see
+    the module docstring), dataclasses closed to unknown keys, and mapping keys unchecked
+    (``dict(value)`` took any key before). pydantic's own ``strict`` mode cannot say this: it
+    would also refuse a mapping for a nested dataclass and a list for a tuple."""
+    if isinstance(schema, list):
+        return [strict_scalars(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict_scalars(v) for k, v in schema.items()}
+    kind = out.get("type")
+    if kind in ("int", "bool", "str"):
+        out["strict"] = True
+    elif kind == "float":
+        out.update(strict=True, allow_inf_nan=False)
+        return pydantic_core.core_schema.no_info_before_validator_function(_numeric_string, out)
+    elif kind == "dataclass-args":
+        out.setdefault("extra_behavior", "forbid")
+    elif kind == "dataclass":
+        # A section left empty in YAML (``training:``) is null: it means the defaults.
+        return pydantic_core.core_schema.no_info_before_validator_function(_empty_section, out)
+    elif kind == "dict":
+        out["keys_schema"] = pydantic_core.core_schema.any_schema()
+    elif kind == "tuple" and out.get("variadic_item_index") is None and out.get("items_schema"):
+        # A pair (``tuple[float, float]``) takes any length here: the class checks its length
+        # in ``__post_init__``, with a message that says "a pair [low, high]".
+        out.update(items_schema=out["items_schema"][:1], variadic_item_index=0)
+    return out
+
+
+@functools.cache
+def _validator(cls: type) -> pydantic_core.SchemaValidator:
+    """One validator per class, made on first use (a task or learner from a plugin too)."""
+    schema = pydantic.TypeAdapter(cls).core_schema
+    return pydantic_core.SchemaValidator(strict_scalars(schema))  # a patched copy: pydantic's stays
+
+
+def real_key(data: Any, key: int | str) -> Any:
+    """The key of mapping ``data`` that pydantic reports as ``key`` (it shows ``False`` as 0)."""
+    if isinstance(data, Mapping):
+        for exact in (True, False):
+            for k in data:
+                if k == key and (type(k) is type(key) or not exact):
+                    return k
+    return key
+
+
+def _locate(
+    tp: Any, data: Any, loc: tuple[int | str, ...], prefix: str
+) -> tuple[str, Any, bool, tuple[int, ...], Any]:
+    """Where pydantic's error location ``loc`` points under ``tp`` (given ``data``): the
+    dotted field, the type declared there, whether the last key is one ``tp`` has no field
+    for, and a sort key that orders errors as a reader goes through the file (unknown keys of
+    a section before its fields, fields in declaration order)."""
+    path, rank = prefix, list[int]()
+    for key in loc:
+        origin = get_origin(tp)
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            names = [f.name for f in dataclasses.fields(tp) if f.init]
+            key = real_key(data, key)
+            path = f"{path}.{key}" if path else str(key)
+            data = data.get(key) if isinstance(data, Mapping) else None
+            if key not in names:
+                return path, Any, True, (*rank, -1), data
+            rank.append(names.index(str(key)))
+            tp = get_type_hints(tp)[str(key)]
+        elif origin in (tuple, list) and isinstance(key, int):
+            items = [a for a in get_args(tp) if a is not Ellipsis]
+            tp = items[min(key, len(items) - 1)] if items else Any
+            path = f"{path}[{key}]"
+            data = data[key] if isinstance(data, (list, tuple)) and key < len(data) else None
+            rank.append(key)
+        elif origin is dict or tp is dict:
+            args = get_args(tp)
+            tp = args[1] if len(args) == 2 else Any
+            key = real_key(data, key)
+            path = f"{path}.{key}" if path else str(key)
+            data = data.get(key) if isinstance(data, Mapping) else None
+            rank.append(0)
+        else:
+            break  # a union member's tag, or a check inside a scalar: the field is found
+    return path or "<root>", tp, False, tuple(rank), data
+
+
+def _config_error(cls: type, data: Mapping[str, Any], exc: pydantic.ValidationError, prefix: str) -> Exception:
+    """The first of pydantic's errors in reading order, in metatune's words; a ValueError from
+    a ``__post_init__`` that is no ConfigError is a bug, not a config error: it is returned as
+    raised (pydantic would otherwise have wrapped it)."""
+    located = [(error, *_locate(cls, data, tuple(error["loc"]), prefix)) for error in exc.errors(include_url=False)]
+    error, path, tp, unknown, _, held = min(located, key=lambda item: item[4])
+    kind, value = error["type"], error["input"]
+    union = get_origin(tp) in (Union, types.UnionType)
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, ConfigError):
+        # A ``__post_init__`` check: its field is relative to the dataclass at ``path``.
+        where = path if error["loc"] else prefix
+        if where and where != "<root>" and not cause.field.startswith(f"{where}."):
+            return ConfigError(f"{where}.{cause.field}", cause.detail)
+        return ConfigError(cause.field, cause.detail)
+    if isinstance(cause, Exception):
+        return cause
+    if unknown or kind == "extra_forbidden":
+        known = ", ".join(sorted(f.name for f in dataclasses.fields(_owner(cls, error["loc"])) if f.init))
+        return ConfigError(path, f"unknown field; expected one of: {known}")
+    if kind == "missing":
+        return ConfigError(path, f"missing; expected {describe_type(tp)}")
+    if union:  # no member took the field's value: say what the field takes, and all of it
+        return ConfigError(path, f"expected {describe_type(tp)}, got {held!r}")
+    if kind == "finite_number":
+        return ConfigError(path, f"expected a finite number, got {value!r}")
+    return ConfigError(path, f"expected {describe_type(tp)}, got {value!r}")
+
+
+def _owner(cls: type, loc: tuple[int | str, ...]) -> Any:
+    """The dataclass that holds the last key of ``loc``."""
+    tp: Any = cls
+    for key in loc[:-1]:
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            tp = get_type_hints(tp)[str(key)]
+        elif get_origin(tp) in (tuple, list):
+            tp = get_args(tp)[0]
+        elif get_origin(tp) in (Union, types.UnionType):
+            tp = next(a for a in get_args(tp) if dataclasses.is_dataclass(a))
+    return tp
 
 
 def build(cls: type[T], data: Mapping[str, Any] | None, *, prefix: str = "") -> T:
@@ -124,25 +213,10 @@ def build(cls: type[T], data: Mapping[str, Any] | None, *, prefix: str = "") -> 
         raise ConfigError(prefix or "<root>", f"expected a mapping, got {data!r}")
     if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
         raise TypeError(f"build() makes dataclasses, not {cls!r}")
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    dot = f"{prefix}." if prefix else ""
-    for key in data:
-        if key not in fields:
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"{dot}{key}", f"unknown field; expected one of: {known}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = check_value(data[name], hints[name], f"{dot}{name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{dot}{name}", f"missing; expected {describe_type(hints[name])}")
     try:
-        return cls(**kwargs)
-    except ConfigError as exc:
-        if prefix and not exc.field.startswith(dot):
-            raise ConfigError(f"{dot}{exc.field}", exc.detail) from None
-        raise
+        return _validator(cls).validate_python(dict(data))
+    except pydantic.ValidationError as exc:
+        raise _config_error(cls, data, exc, prefix) from None
 
 
 def as_plain(obj: Any) -> Any:
@@ -160,4 +234,3 @@ def positive(value: float | int, field: str, *, allow_zero: bool = False) -> Non
     if value < 0 or (value == 0 and not allow_zero):
         bound = "non-negative" if allow_zero else "positive"
         raise ConfigError(field, f"expected a {bound} number, got {value!r}")
-

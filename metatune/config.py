@@ -23,34 +23,43 @@ from typing import Any, Literal
 from metatune._fields import as_plain, build, positive
 from metatune.errors import ConfigError
 from metatune.learners import LEARNERS, HyperParameter, Learner
+from metatune.learners.hparams import Settings, setting
 from metatune.models import Backbone, build_backbone
 from metatune.tasks import TaskDistribution, build_task
 from metatune.yaml_files import read_yaml  # re-exported: callers outside metatune import it from here
 
-__all__ = ["AUTO_COMPILE_MIN_ITERATIONS", "EvaluationConfig", "RunConfig", "TrainingConfig", "Components", "load_config", "read_yaml"]
+__all__ = ["AUTO_COMPILE_MIN_ITERATIONS", "EvaluationConfig", "RunConfig", "TrainingConfig", "TrainingKnobs", "Components", "load_config", "read_yaml"]
 
 
-def _searchable(default: Any, knob: HyperParameter) -> Any:
-    """A training setting a search space may sample: ``knob`` (its name filled in by
-    :meth:`TrainingConfig.knobs`) gives its symbol, valid and default search range."""
-    return field(default=default, metadata={"knob": knob})
+class TrainingKnobs(Settings):
+    """The training settings a search space may sample: the one declaration of each (symbol,
+    valid and default search range). A search space validates its ranges with this model;
+    :class:`TrainingConfig` takes its defaults from here."""
+
+    meta_batch: int = setting(4, symbol="B", ge=1, log=True, search=(2, 32), help="tasks per outer step")
+    outer_lr: float = setting(
+        1e-3, symbol="beta", gt=0.0, log=True, search=(1e-4, 1e-2), help="outer-loop step size (Adam or SGD)",
+    )
+    #: Off by default; a search space samples a bound (null is not a value to search).
+    grad_clip: float = setting(
+        None, gt=0.0, log=True, search=(0.1, 100.0), help="meta-gradient clipping bound (null: no clipping)",
+    )
+
+
+def _knob_default(name: str) -> Any:
+    return TrainingKnobs.model_fields[name].default
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainingConfig:
     iterations: int = 1000
-    meta_batch: int = _searchable(4, HyperParameter(
-        "", "int", 4, symbol="B", low=1, log=True, search=(2, 32), help="tasks per outer step"))
+    meta_batch: int = _knob_default("meta_batch")
     #: Step size of the outer loop (beta; CxGrad's eta).
-    outer_lr: float = _searchable(1e-3, HyperParameter(
-        "", "float", 1e-3, symbol="beta", low=0.0, low_open=True, log=True, search=(1e-4, 1e-2),
-        help="outer-loop step size (Adam or SGD)"))
+    outer_lr: float = _knob_default("outer_lr")
     #: Outer optimiser: Adam in every paper here except Wormhole's Avg-Threshold (plain SGD).
     outer_optimizer: Literal["adam", "sgd"] = "adam"
     #: Clip every meta-gradient element to [-grad_clip, grad_clip] (TF miniImageNet: 10); null = off.
-    grad_clip: float | None = _searchable(None, HyperParameter(
-        "", "float", None, low=0.0, low_open=True, log=True, search=(0.1, 100.0),
-        help="meta-gradient clipping bound (null: no clipping)"))
+    grad_clip: float | None = _knob_default("grad_clip")
     #: Validate on held-out tasks every this many iterations (0 = only at the end).
     eval_every: int = 1000
     val_tasks: int = 100
@@ -70,12 +79,9 @@ class TrainingConfig:
 
     @classmethod
     def knobs(cls) -> dict[str, HyperParameter]:
-        """The training settings a search space may sample, by name (the one declaration of
-        each: search spaces validate and default their ranges from it)."""
-        return {
-            f.name: dataclasses.replace(f.metadata["knob"], name=f.name)
-            for f in dataclasses.fields(cls) if "knob" in f.metadata
-        }
+        """The training settings a search space may sample, by name (declared in
+        :class:`TrainingKnobs`: search spaces validate and default their ranges from it)."""
+        return {h.name: h for h in TrainingKnobs.hyperparameters()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,8 +201,8 @@ def parse_config(data: Any, *, source: str | None = None) -> Components:
         backbone = build_backbone(model_section, input_shape=task.input_shape, output_dim=task.output_dim)
         learner_section = dict(config.learner)
         cls = LEARNERS.get(learner_section.pop("name", None), field="learner.name")
-        hparams = cls.validate_hparams(learner_section, prefix="learner.")
-        learner = cls(backbone=backbone, task=task, **hparams)
+        settings = cls.parse_settings(learner_section, prefix="learner.")  # validated here, once
+        learner = cls(backbone=backbone, task=task, config=settings)
         if config.threads is not None:
             positive(config.threads, "threads")
         if config.gpu_memory_fraction is not None and not 0 < config.gpu_memory_fraction <= 1:

@@ -145,7 +145,7 @@ def evaluate(
     device = torch.device(device)
     if compile == "auto":  # the run config's rule (RunConfig.compiles_evaluation): on CUDA only
         compile = device.type == "cuda"
-    steps = int(learner.hparams["inner_steps"]) if steps is None else steps
+    steps = learner.config.inner_steps if steps is None else steps
     curve_steps = steps if curve_steps is None else max(curve_steps, steps)
     train_k = learner.task.shots
     shots = list(shots) if shots else [train_k]

@@ -1,5 +1,5 @@
-"""Every learner's settings as a table, read from the one declaration each learner makes
-(``Learner.hyperparameters``): what ``metatune learners`` prints and what ``docs/learners.md``
+"""Every learner's settings as a table, read from the one declaration each learner makes (its
+``config_class``, through the rows ``Learner.hyperparameters`` derives from it): what ``metatune learners`` prints and what ``docs/learners.md``
 holds (a test keeps the two equal).
 """
 
@@ -50,6 +50,8 @@ def _valid(h: HyperParameter) -> str:
 
 
 def _search(h: HyperParameter) -> str:
+    if not h.searchable:
+        return "fixed"  # a search space refuses it
     if h.search is None:
         return "-"
     return f"[{_number(h.search[0])}, {_number(h.search[1])}]{' log' if h.log else ''}"

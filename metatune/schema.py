@@ -3,7 +3,8 @@ editors that complete and check YAML (``metatune schema run|study|search-space``
 
 The sections come from the declarations metatune validates with: the config dataclasses
 (through pydantic's JSON Schema generator), every registered task and backbone (its dataclass
-fields), and every learner's ``hyperparameters`` (valid range, choices, default, help). The
+fields), and every learner's settings (``Learner.hyperparameters``, derived from its
+``config_class``: valid range, choices, default, help). The
 schema is a guide for editors; metatune's own validation, with its one-line errors, decides.
 """
 

@@ -128,7 +128,7 @@ class Trainer:
         if self._draws_noise:
             noise = self.learner.sample_noise(
                 cfg.meta_batch, generator=self.generator, meta_params=self.meta,
-                steps=int(self.learner.hparams["inner_steps"]), training=True,
+                steps=self.learner.config.inner_steps, training=True,
             )
             noise = {k: v.to(self.device) for k, v in noise.items()}
         loss, out = self._train_step(self.meta, batch, noise, self.hp)

@@ -109,3 +109,42 @@ def test_cli_subprocess_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "learner.name" in proc.stderr and "maml" in proc.stderr
+
+
+def test_learner_settings_are_one_frozen_typed_config():
+    from metatune.learners import LearnerConfig
+    from metatune.learners.mtnet import FullMaskConfig
+
+    comp = parse_config(with_(("learner",), {"name": "mtnet_full", "inner_steps": 3.0, "mask_temperature": "2"}))
+    config = comp.learner.config
+    assert isinstance(config, FullMaskConfig) and isinstance(config, LearnerConfig)
+    assert config.inner_steps == 3 and type(config.inner_steps) is int
+    assert config.mask_temperature == 2.0 and config.mask_resample == "per_step"
+    assert dict(comp.learner.hparams) == config.values()
+    with pytest.raises(ValueError):
+        config.inner_lr = 1.0  # frozen
+    with pytest.raises(TypeError):  # a config or keyword settings, not both
+        type(comp.learner)(backbone=comp.backbone, task=comp.task, config=config, inner_lr=0.1)
+    rows = {h.name: h for h in type(comp.learner).hyperparameters}
+    assert rows["mask_temperature"].low == 0.0 and rows["mask_temperature"].low_open and rows["mask_temperature"].log
+
+
+def test_a_learner_declaring_hyperparameter_rows_still_works():
+    """A plugin written before config classes (``hyperparameters = (*COMMON, HyperParameter(...))``)
+    gets a config class made from its rows: same validation, same table rows."""
+    from metatune.learners import COMMON, MAML, HyperParameter
+
+    row = HyperParameter("decay", "float", 0.5, symbol="d", low=0.0, low_open=True, high=1.0, search=(0.1, 0.9))
+    mode = HyperParameter("mode", "categorical", "a", choices=("a", "b"))
+    with pytest.warns(DeprecationWarning, match="config_class"):
+        class OldStyle(MAML):
+            hyperparameters = (*COMMON, row, mode)
+
+    assert [h.name for h in OldStyle.hyperparameters] == ["inner_lr", "inner_steps", "first_order", "decay", "mode"]
+    assert OldStyle.declared()["decay"] == row and OldStyle.declared()["mode"] == mode
+    comp = parse_config(GOOD)
+    learner = OldStyle(backbone=comp.backbone, task=comp.task, decay=0.25, mode="b")
+    assert learner.config.decay == 0.25 and learner.hparams["mode"] == "b"
+    for bad, words in ((0.0, "expected a value > 0"), (1.5, "expected a value <= 1"), ("x", "expected a number")):
+        with pytest.raises(ConfigError, match=words):
+            OldStyle(backbone=comp.backbone, task=comp.task, decay=bad)

@@ -255,3 +255,13 @@ def test_shipped_search_spaces_are_valid(path):
     for p in space.params:
         assert p.kind == "categorical" or (p.low < p.high and not (p.log and p.low <= 0))
         assert not (isinstance(p.low, float) and math.isnan(p.low))
+
+
+def test_a_setting_declared_not_searchable_is_refused_by_a_search_space():
+    from metatune.learners.hparams import HyperParameter
+    from metatune.study.search_space import _param
+
+    fixed = HyperParameter("mode", "categorical", "a", choices=("a", "b"), searchable=False)
+    with pytest.raises(ConfigError, match="'mode' is not searchable") as info:
+        _param("mode", "mode", ["maml"], ["a", "b"], fixed, "params.mode")
+    assert info.value.field == "params.mode"

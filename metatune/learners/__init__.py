@@ -1,7 +1,7 @@
 """Meta-learners: each a pure function of (meta-parameters, task batch, noise) -> loss.
 
-Add a learner with one file in this folder: subclass :class:`Learner`, declare its
-``hyperparameters`` and decorate it with ``@register_learner("name")``. The package imports
+Add a learner with one file in this folder: subclass :class:`Learner`, declare its settings
+as a :class:`LearnerConfig` subclass (``config_class``) and decorate it with ``@register_learner("name")``. The package imports
 every module here itself, so nothing else needs editing; the contract tests, search spaces and
 CLI pick it up from the registry. A separate package registers learners through the
 ``metatune.learners`` entry-point group instead (README, "Extending metatune").
@@ -22,7 +22,16 @@ LEARNERS: Registry[Learner[Any]] = Registry("learner", base=Learner, entry_point
 register_learner = LEARNERS.register
 
 from metatune.learners.cxgrad import CxGrad  # noqa: E402
-from metatune.learners.hparams import COMMON, FIRST_ORDER, INNER_LR, INNER_STEPS, HyperParameter  # noqa: E402
+from metatune.learners.hparams import (  # noqa: E402
+    COMMON,
+    FIRST_ORDER,
+    INNER_LR,
+    INNER_STEPS,
+    HyperParameter,
+    LearnerConfig,
+    Setting,
+    setting,
+)
 from metatune.learners.maml import FOMAML, MAML  # noqa: E402
 from metatune.learners.metasgd import MetaSGD  # noqa: E402
 from metatune.learners.mtnet import MNet, MNetFull, MTNet, MTNetFull, TNet  # noqa: E402
@@ -32,7 +41,7 @@ from metatune.learners.wormhole import Wormhole  # noqa: E402
 
 __all__ = [
     "COMMON", "FIRST_ORDER", "FOMAML", "INNER_LR", "INNER_STEPS", "LEARNERS", "MAML", "AdaptState",
-    "HParams", "HyperParameter", "Learner", "is_shipped", "MetaSGD", "Noise", "State", "TaskOutput", "register_learner",
+    "HParams", "HyperParameter", "Learner", "LearnerConfig", "Setting", "is_shipped", "setting", "MetaSGD", "Noise", "State", "TaskOutput", "register_learner",
     "MNet", "MNetFull", "MTNet", "MTNetFull", "TNet",
     "CxGrad", "PAMELA", "Wormhole",
 ]

@@ -9,6 +9,7 @@ inner gradients with ``torch.func.grad``.
 from __future__ import annotations
 
 import abc
+import warnings
 from collections.abc import Callable, Mapping
 from typing import ClassVar, Generic, TypeVar, cast
 
@@ -17,7 +18,7 @@ from torch import Tensor
 from torch.func import grad, vmap
 
 from metatune.errors import ConfigError
-from metatune.learners.hparams import COMMON, HyperParameter, Value
+from metatune.learners.hparams import HyperParameter, LearnerConfig, Value, config_from_rows
 from metatune.learners.state import AdaptState
 from metatune.models.base import Backbone, Params
 from metatune.tasks.base import TaskBatch, TaskDistribution
@@ -50,16 +51,48 @@ class Learner(abc.ABC, Generic[StateT]):
     """
 
     name: ClassVar[str]
-    hyperparameters: ClassVar[tuple[HyperParameter, ...]] = COMMON
+    #: The learner's settings, declared once: a frozen pydantic model (``LearnerConfig``: the
+    #: ``inner_lr``, ``inner_steps`` and ``first_order`` of every learner). A learner with
+    #: settings of its own subclasses it and narrows ``config`` to it.
+    config_class: ClassVar[type[LearnerConfig]] = LearnerConfig
+    #: Those settings as rows for search spaces, tables and schemas (derived; never declared).
+    hyperparameters: ClassVar[tuple[HyperParameter, ...]] = LearnerConfig.hyperparameters()
     #: Whether the learner needs a backbone with batch norm (CxGrad) or with conv layers.
     requires_batchnorm: ClassVar[bool] = False
 
-    def __init__(self, *, backbone: Backbone, task: TaskDistribution, **hparams: Value) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "hyperparameters" in cls.__dict__ and "config_class" not in cls.__dict__:
+            # A learner written before config classes declared rows; they still work, as a
+            # config class made from them.
+            warnings.warn(
+                f"{cls.__qualname__}: declare settings as a LearnerConfig subclass (config_class), "
+                "not as hyperparameters rows", DeprecationWarning, stacklevel=2,
+            )
+            cls.config_class = config_from_rows(f"{cls.__name__}Config", cls.__dict__["hyperparameters"])
+        cls.hyperparameters = cls.config_class.hyperparameters()
+
+    def __init__(
+        self, *, backbone: Backbone, task: TaskDistribution, config: LearnerConfig | None = None,
+        **settings: Value,
+    ) -> None:
+        """``config`` is a validated :attr:`config_class` (``parse_config`` makes one); a learner
+        built in Python may give its settings as keywords instead, validated here."""
+        if config is None:
+            config = self.parse_settings(settings)
+        elif settings or not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__} or keyword settings, not both")
         self.backbone = backbone
         self.task = task
-        self.hparams = self.validate_hparams(hparams)
+        self.config = config
         self.check_backbone(backbone)
         self._adapted = backbone.adapted_keys()
+
+    @property
+    def hparams(self) -> dict[str, Value]:
+        """The settings by name, a fresh dict (for code that reads them generically; a learner
+        reads its own from :attr:`config`, typed)."""
+        return self.config.values()
 
     # ----------------------------------------------------------------- declaration
     @classmethod
@@ -67,22 +100,9 @@ class Learner(abc.ABC, Generic[StateT]):
         return {h.name: h for h in cls.hyperparameters}
 
     @classmethod
-    def validate_hparams(cls, values: Mapping[str, object], *, prefix: str = "") -> dict[str, Value]:
-        declared = cls.declared()
-        for key in values:
-            if key not in declared:
-                raise ConfigError(
-                    f"{prefix}{key}",
-                    f"unknown hyperparameter for learner '{cls.name}'; expected one of: {', '.join(declared)}",
-                )
-        out: dict[str, Value] = {}
-        for name, h in declared.items():
-            if name in values:
-                out[name] = h.validate(values[name], field=f"{prefix}{name}")
-            else:
-                assert h.default is not None, f"learner {cls.name!r} declares no default for {name!r}"
-                out[name] = h.default
-        return out
+    def parse_settings(cls, values: Mapping[str, object], *, prefix: str = "") -> LearnerConfig:
+        """A learner section (without ``name``) as this learner's config: the one validation."""
+        return cls.config_class.parse(values, learner=getattr(cls, "name", cls.__name__), prefix=prefix)
 
     @classmethod
     def runtime_names(cls) -> tuple[str, ...]:
@@ -93,7 +113,7 @@ class Learner(abc.ABC, Generic[StateT]):
         self, *, lr_scale: float = 1.0, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
     ) -> HParams:
         """This learner's numeric settings (and ``lr_scale``) as 0-d tensors for one call."""
-        values = {name: float(self.hparams[name]) for name in self.runtime_names()}
+        values = {name: float(getattr(self.config, name)) for name in self.runtime_names()}
         values["lr_scale"] = float(lr_scale)
         return {k: torch.tensor(v, dtype=dtype, device=device) for k, v in values.items()}
 
@@ -171,7 +191,7 @@ class Learner(abc.ABC, Generic[StateT]):
         """Gradient of a per-task support loss w.r.t. ``params``; a constant for the meta-gradient
         when ``constant`` (default: when ``first_order`` is set)."""
         if constant is None:
-            constant = bool(self.hparams.get("first_order", False))
+            constant = self.config.first_order
         grads = grad(loss_fn)(params)
         if constant:
             grads = torch.utils._pytree.tree_map(lambda g: g.detach(), grads)
@@ -219,7 +239,7 @@ class Learner(abc.ABC, Generic[StateT]):
     ) -> TaskOutput:
         """``run_task`` over every task of ``batch`` at once (vmap); outputs gain a task dim.
         ``hp`` defaults to :meth:`runtime_hparams` (with ``lr_scale``) in the batch's dtype."""
-        steps = int(self.hparams["inner_steps"]) if steps is None else steps
+        steps = self.config.inner_steps if steps is None else steps
         self.check_steps(steps=steps)
         if hp is None:
             hp = self.runtime_hparams(lr_scale=lr_scale, dtype=batch.support_x.dtype, device=batch.support_x.device)

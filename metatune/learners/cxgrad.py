@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, TypedDict
+from typing import ClassVar, Literal, TypedDict
 
 import torch
 from torch import Tensor
@@ -41,11 +41,11 @@ from torch.nn import functional as F
 
 from metatune.errors import ConfigError
 from metatune.learners.base import HParams, Learner, Noise
-from metatune.learners.hparams import COMMON, HyperParameter
+from metatune.learners.hparams import LearnerConfig, setting
 from metatune.learners.state import AdaptState, pytree_state
 from metatune.models.base import Backbone, Params
 
-__all__ = ["G_KEYS", "CxGrad", "CxGradState"]
+__all__ = ["G_KEYS", "CxGrad", "CxGradConfig", "CxGradState"]
 
 #: Meta-parameter keys of g_phi: (first layer weight, bias, second layer weight, bias).
 G_KEYS = ("cxgrad/g0.weight", "cxgrad/g0.bias", "cxgrad/g1.weight", "cxgrad/g1.bias")
@@ -75,33 +75,31 @@ def _default_linear(out_f: int, in_f: int, generator: torch.Generator, dtype: to
     return weight, bias
 
 
+class CxGradConfig(LearnerConfig):
+    context_lr: float = setting(
+        1.0, symbol="beta (CxGrad)", ge=0.0, log=True, search=(1e-2, 1.0),
+        help="step size of the context vector nu (Table 5 grid: 0.01, 0.1, 1)",
+    )
+    context_dim: int = setting(
+        100, symbol="dim(nu)", ge=1, le=4096, search=(32, 128), help="dimension of the context vector nu",
+    )
+    context_hidden: int = setting(
+        100, symbol="g_phi hidden", ge=1, le=4096, search=(32, 128), help="hidden width of the scale generator g_phi",
+    )
+    context_update: Literal["task", "step"] = setting(
+        "task", help="nu carried over the inner steps (task-wise) or reset before every step (step-wise, Table 3)",
+    )
+    cxgrad_detach_first_context_step: bool = setting(
+        False, help="take the first context gradient without a graph, as the authors' code does (paper: not detached)",
+    )
+
+
 class CxGrad(Learner[CxGradState]):
     """MAML whose conv cells are re-normalised to a task-conditioned norm gamma(nu) every step."""
 
     requires_batchnorm: ClassVar[bool] = True
-    hyperparameters: ClassVar[tuple[HyperParameter, ...]] = (
-        *COMMON,
-        HyperParameter(
-            "context_lr", "float", 1.0, symbol="beta (CxGrad)", low=0.0, log=True, search=(1e-2, 1.0),
-            help="step size of the context vector nu (Table 5 grid: 0.01, 0.1, 1)",
-        ),
-        HyperParameter(
-            "context_dim", "int", 100, symbol="dim(nu)", low=1, high=4096, search=(32, 128),
-            help="dimension of the context vector nu",
-        ),
-        HyperParameter(
-            "context_hidden", "int", 100, symbol="g_phi hidden", low=1, high=4096, search=(32, 128),
-            help="hidden width of the scale generator g_phi",
-        ),
-        HyperParameter(
-            "context_update", "categorical", "task", choices=("task", "step"),
-            help="nu carried over the inner steps (task-wise) or reset before every step (step-wise, Table 3)",
-        ),
-        HyperParameter(
-            "cxgrad_detach_first_context_step", "bool", False,
-            help="take the first context gradient without a graph, as the authors' code does (paper: not detached)",
-        ),
-    )
+    config_class = CxGradConfig
+    config: CxGradConfig
 
     def check_backbone(self, backbone: Backbone) -> None:
         if not backbone.has_batchnorm:
@@ -119,7 +117,7 @@ class CxGrad(Learner[CxGradState]):
 
     def init_meta_params(self, *, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> Params:
         params = super().init_meta_params(generator=generator, dtype=dtype)
-        d, h, layers = int(self.hparams["context_dim"]), int(self.hparams["context_hidden"]), len(self.conv_keys)
+        d, h, layers = self.config.context_dim, self.config.context_hidden, len(self.conv_keys)
         params[G_KEYS[0]], params[G_KEYS[1]] = _default_linear(h, d, generator, dtype)
         params[G_KEYS[2]], params[G_KEYS[3]] = _default_linear(layers, h, generator, dtype)
         return params
@@ -140,12 +138,12 @@ class CxGrad(Learner[CxGradState]):
         return out
 
     def _zero_context(self, like: Tensor) -> Tensor:
-        return torch.zeros(int(self.hparams["context_dim"]), dtype=like.dtype, device=like.device)
+        return torch.zeros(self.config.context_dim, dtype=like.dtype, device=like.device)
 
     def first_context_step(self, meta: Params, weights: Params, x: Tensor, y: Tensor, *, hp: HParams) -> Tensor:
         """nu = 0, then nu <- nu - context_lr * grad_nu L_support(IGS(weights, nu))."""
         nu = self._zero_context(meta[G_KEYS[0]])
-        constant = bool(self.hparams["first_order"] or self.hparams["cxgrad_detach_first_context_step"])
+        constant = self.config.first_order or self.config.cxgrad_detach_first_context_step
         g = self.support_grad(lambda n: self.loss_at(meta, self.igs(meta, weights, n), x, y), nu, constant=constant)
         return nu - hp["context_lr"] * g
 
@@ -154,7 +152,7 @@ class CxGrad(Learner[CxGradState]):
         self, meta: Params, support_x: Tensor, support_y: Tensor, noise: Noise, *, hp: HParams,
     ) -> CxGradState:
         weights = {k: meta[k] for k in self._adapted}
-        if self.hparams["context_update"] == "task":
+        if self.config.context_update == "task":
             nu = self.first_context_step(meta, weights, support_x, support_y, hp=hp)
         else:
             nu = self._zero_context(meta[G_KEYS[0]])
@@ -167,7 +165,7 @@ class CxGrad(Learner[CxGradState]):
         """The whole step is CxGrad's own: IGS before the gradient, and one backward pass for
         the weights and the context."""
         weights, nu = state.w, state.nu
-        if self.hparams["context_update"] == "step":
+        if self.config.context_update == "step":
             nu = self.first_context_step(meta, weights, support_x, support_y, hp=hp)
 
         # One backward pass for both: d/d(delta) at delta = 0 is the gradient w.r.t. the scaled

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from metatune.learners.base import Learner
-from metatune.learners.hparams import COMMON, FIRST_ORDER, HyperParameter
+from metatune.learners.hparams import FIRST_ORDER, LearnerConfig, setting
 from metatune.learners.state import AdaptState
 
-__all__ = ["FOMAML", "MAML"]
+__all__ = ["FOMAML", "FOMAMLConfig", "MAML"]
+
+
+class FOMAMLConfig(LearnerConfig):
+    first_order: bool = setting(True, help=FIRST_ORDER.help)
 
 
 class MAML(Learner[AdaptState]):
@@ -19,7 +21,5 @@ class MAML(Learner[AdaptState]):
 class FOMAML(MAML):
     """MAML with inner gradients treated as constants (``first_order`` defaults to true)."""
 
-    hyperparameters: ClassVar[tuple[HyperParameter, ...]] = tuple(
-        HyperParameter(FIRST_ORDER.name, "bool", True, help=FIRST_ORDER.help) if h is FIRST_ORDER else h
-        for h in COMMON
-    )
+    config_class = FOMAMLConfig
+    config: FOMAMLConfig

@@ -63,53 +63,59 @@ Comparisons with the thesis's Fig. 6.1 should say which of these is plotted.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
 from metatune.learners.base import HParams, Learner, Noise
-from metatune.learners.hparams import COMMON, HyperParameter
+from metatune.learners.hparams import LearnerConfig, setting
 from metatune.learners.state import AdaptState
 from metatune.models.base import Cell, Params, truncated_normal
 
-__all__ = ["EXPECTED", "GUMBEL", "ZETA", "MNet", "MNetFull", "MTNet", "MTNetFull", "MaskedLearner", "TNet"]
+__all__ = [
+    "EXPECTED", "GUMBEL", "ZETA", "FullMaskConfig", "MNet", "MNetFull", "MTNet", "MTNetFull", "MaskConfig",
+    "MaskedLearner", "TNet",
+]
 
 ZETA = "zeta/"
 GUMBEL = "gumbel/"
 EXPECTED = "mask_expected"
 
 
-def _mask_hparams(*, full: bool) -> tuple[HyperParameter, ...]:
-    return (
-        HyperParameter(
-            "mask_temperature", "float", 1.0, symbol="c", low=0.0, low_open=True, log=True,
-            search=(0.1, 10.0),
-            help="Gumbel-softmax temperature; changes only the straight-through gradient of zeta",
-        ),
-        HyperParameter(
-            "mask_eval", "categorical", "sample", choices=("sample", "threshold", "expected"),
-            help="masks at evaluation: sampled (faithful), 1[sigmoid(zeta) > 0.5], or soft sigmoid(zeta)",
-        ),
-        HyperParameter(
-            "mask_resample", "categorical", "per_step" if full else "per_task",
-            choices=("per_task", "per_step"),
-            help="draw a task's masks once for all inner steps, or afresh at every step "
-                 "(the code: once per task for shared masks, every step for -full)",
-        ),
-        HyperParameter(
-            "logit_init", "float", 0.0, symbol="zeta_0", search=(-3.0, 3.0),
-            help="initial mask logit (mean of the init for -full)",
-        ),
-        HyperParameter(
-            "logit_init_std_fc", "float", 0.1 if full else 0.0, low=0.0,
-            help="std of the truncated-normal logit init for linear cells (code: 0.1 for -full, 0 shared)",
-        ),
-        HyperParameter(
-            "logit_init_std_conv", "float", 0.01 if full else 0.0, low=0.0,
-            help="std of the truncated-normal logit init for conv cells (code: 0.01 for -full, 0 shared)",
-        ),
+Resample = Literal["per_task", "per_step"]
+_RESAMPLE_HELP = (
+    "draw a task's masks once for all inner steps, or afresh at every step "
+    "(the code: once per task for shared masks, every step for -full)"
+)
+_STD_FC_HELP = "std of the truncated-normal logit init for linear cells (code: 0.1 for -full, 0 shared)"
+_STD_CONV_HELP = "std of the truncated-normal logit init for conv cells (code: 0.01 for -full, 0 shared)"
+
+
+class MaskConfig(LearnerConfig):
+    """The settings of the learners with masks (M-net, MT-net; the -full ones differ in defaults)."""
+
+    mask_temperature: float = setting(
+        1.0, symbol="c", gt=0.0, log=True, search=(0.1, 10.0),
+        help="Gumbel-softmax temperature; changes only the straight-through gradient of zeta",
     )
+    mask_eval: Literal["sample", "threshold", "expected"] = setting(
+        "sample", help="masks at evaluation: sampled (faithful), 1[sigmoid(zeta) > 0.5], or soft sigmoid(zeta)",
+    )
+    mask_resample: Resample = setting("per_task", help=_RESAMPLE_HELP)
+    logit_init: float = setting(
+        0.0, symbol="zeta_0", search=(-3.0, 3.0), help="initial mask logit (mean of the init for -full)",
+    )
+    logit_init_std_fc: float = setting(0.0, ge=0.0, help=_STD_FC_HELP)
+    logit_init_std_conv: float = setting(0.0, ge=0.0, help=_STD_CONV_HELP)
+
+
+class FullMaskConfig(MaskConfig):
+    """M-net-full and MT-net-full: masks re-drawn every step, logits initialised with noise."""
+
+    mask_resample: Resample = setting("per_step", help=_RESAMPLE_HELP)
+    logit_init_std_fc: float = setting(0.1, ge=0.0, help=_STD_FC_HELP)
+    logit_init_std_conv: float = setting(0.01, ge=0.0, help=_STD_CONV_HELP)
 
 
 class MaskedLearner(Learner[AdaptState]):
@@ -119,7 +125,6 @@ class MaskedLearner(Learner[AdaptState]):
     use_T: ClassVar[bool] = False
     use_M: ClassVar[bool] = False
     full: ClassVar[bool] = False
-    hyperparameters: ClassVar[tuple[HyperParameter, ...]] = COMMON
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -136,6 +141,12 @@ class MaskedLearner(Learner[AdaptState]):
         zetas = dict.fromkeys(z for z, _ in self._mask_of.values())
         self._zeta_keys: tuple[str, ...] = tuple(zetas) if self.use_M else ()
 
+    @property
+    def mask_config(self) -> MaskConfig:
+        """The mask settings (a learner with masks only: T-net has none)."""
+        assert isinstance(self.config, MaskConfig), f"{type(self).__name__} has no masks"
+        return self.config
+
     # ----------------------------------------------------------------- meta-parameters
     def init_meta_params(self, *, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> Params:
         params = super().init_meta_params(generator=generator, dtype=dtype)
@@ -145,8 +156,9 @@ class MaskedLearner(Learner[AdaptState]):
         for zk in self._zeta_keys:
             cell = self._cells[zk]
             shape = params[zk[len(ZETA):]].shape if self.full else (cell.out_features,)
-            std = float(self.hparams["logit_init_std_conv" if cell.kind == "conv" else "logit_init_std_fc"])
-            zeta = torch.full(shape, float(self.hparams["logit_init"]), dtype=dtype)
+            masks = self.mask_config
+            std = masks.logit_init_std_conv if cell.kind == "conv" else masks.logit_init_std_fc
+            zeta = torch.full(shape, masks.logit_init, dtype=dtype)
             if std > 0:
                 zeta = zeta + truncated_normal(tuple(shape), std, generator=generator, dtype=dtype)
             params[zk] = zeta
@@ -166,11 +178,11 @@ class MaskedLearner(Learner[AdaptState]):
         docstring)."""
         if not self.use_M:
             return {}
-        mode = "sample" if training else self.hparams["mask_eval"]
+        mode = "sample" if training else self.mask_config.mask_eval
         dtype = meta_params[self._zeta_keys[0]].dtype
         if mode == "expected":
             return {EXPECTED: torch.zeros(num_tasks, dtype=dtype)}
-        per_step = mode == "sample" and self.hparams["mask_resample"] == "per_step"
+        per_step = mode == "sample" and self.mask_config.mask_resample == "per_step"
         draws = max(int(steps), 1) if per_step else 1
         noise: Noise = {}
         for zk in self._zeta_keys:
@@ -185,7 +197,7 @@ class MaskedLearner(Learner[AdaptState]):
     # ----------------------------------------------------------------- masks (per task)
     def zeta_masks(self, meta: Params, noise: Noise, step: int, *, hp: HParams | None = None) -> dict[str, Tensor]:
         """The mask of every logit tensor at inner step ``step`` (one task's noise)."""
-        temperature = float(self.hparams["mask_temperature"]) if hp is None else hp["mask_temperature"]
+        temperature = self.mask_config.mask_temperature if hp is None else hp["mask_temperature"]
         masks: dict[str, Tensor] = {}
         for zk in self._zeta_keys:
             zeta = meta[zk]
@@ -258,7 +270,7 @@ class MNet(MaskedLearner):
     """M-net: one straight-through Bernoulli mask per output unit, no T."""
 
     use_M = True
-    hyperparameters = (*COMMON, *_mask_hparams(full=False))
+    config_class = MaskConfig
 
 
 class MTNet(MNet):
@@ -272,7 +284,7 @@ class MNetFull(MaskedLearner):
 
     use_M = True
     full = True
-    hyperparameters = (*COMMON, *_mask_hparams(full=True))
+    config_class = FullMaskConfig
 
 
 class MTNetFull(MNetFull):

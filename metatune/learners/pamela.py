@@ -31,17 +31,17 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from metatune.learners.base import HParams, Learner, Noise
-from metatune.learners.hparams import COMMON, HyperParameter
+from metatune.learners.hparams import LearnerConfig, setting
 from metatune.learners.state import AdaptState, pytree_state
 from metatune.models.base import Cell, Params
 
-__all__ = ["PAMELA", "PamelaState", "skip_indices"]
+__all__ = ["PAMELA", "PamelaConfig", "PamelaState", "skip_indices"]
 
 log = logging.getLogger(__name__)
 
@@ -81,24 +81,25 @@ def p_key(index: int, cell: Cell) -> str:
     return f"pamela/p{index}/{cell.name}"
 
 
+class PamelaConfig(LearnerConfig):
+    skip_width: int = setting(
+        2, symbol="w", ge=1, le=100, search=(1, 4),
+        help="a skip connection every w inner updates, from theta_{t-w} (paper: 2; search [1, n-1])",
+    )
+    skip_init: float = setting(
+        0.0, symbol="P init", search=(0.0, 0.1),
+        help="initial value of every skip coefficient P (0 = per-step Meta-SGD at the start)",
+    )
+    pamela_extra_steps: Literal["reuse_last", "error"] = setting(
+        "reuse_last", help="steps beyond the trained n: reuse Q_{n-1} (no untrained skips), or raise",
+    )
+
+
 class PAMELA(Learner[PamelaState]):
     """Per-step preconditioners Q_j and per-cell skip coefficients P, both meta-learned."""
 
-    hyperparameters: ClassVar[tuple[HyperParameter, ...]] = (
-        *COMMON,
-        HyperParameter(
-            "skip_width", "int", 2, symbol="w", low=1, high=100, search=(1, 4),
-            help="a skip connection every w inner updates, from theta_{t-w} (paper: 2; search [1, n-1])",
-        ),
-        HyperParameter(
-            "skip_init", "float", 0.0, symbol="P init", search=(0.0, 0.1),
-            help="initial value of every skip coefficient P (0 = per-step Meta-SGD at the start)",
-        ),
-        HyperParameter(
-            "pamela_extra_steps", "categorical", "reuse_last", choices=("reuse_last", "error"),
-            help="steps beyond the trained n: reuse Q_{n-1} (no untrained skips), or raise",
-        ),
-    )
+    config_class = PamelaConfig
+    config: PamelaConfig
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -106,14 +107,14 @@ class PAMELA(Learner[PamelaState]):
 
     @property
     def num_q(self) -> int:
-        return int(self.hparams["inner_steps"])
+        return self.config.inner_steps
 
     def skips(self) -> list[tuple[int, int]]:
-        return skip_indices(int(self.hparams["inner_steps"]), int(self.hparams["skip_width"]))
+        return skip_indices(self.config.inner_steps, self.config.skip_width)
 
     def init_meta_params(self, *, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> Params:
         params = super().init_meta_params(generator=generator, dtype=dtype)
-        lr = float(self.hparams["inner_lr"])
+        lr = self.config.inner_lr
         for j in range(self.num_q):
             for cell in self._cells:
                 if cell.kind == "conv":
@@ -123,7 +124,7 @@ class PAMELA(Learner[PamelaState]):
                         params[q_key(j, cell, key)] = torch.full(params[key].shape, lr, dtype=dtype)
         for _, s in self.skips():
             for cell in self._cells:
-                params[p_key(s, cell)] = torch.full((), float(self.hparams["skip_init"]), dtype=dtype)
+                params[p_key(s, cell)] = torch.full((), self.config.skip_init, dtype=dtype)
         return params
 
     def _q(self, meta: Params, j: int, cell: Cell, key: str, param: Tensor) -> Tensor:
@@ -137,7 +138,7 @@ class PAMELA(Learner[PamelaState]):
         n = self.num_q
         if steps <= n:
             return
-        if self.hparams["pamela_extra_steps"] == "error":
+        if self.config.pamela_extra_steps == "error":
             raise ValueError(
                 f"PAMELA was meta-trained with inner_steps = {n} (Q_0..Q_{n - 1}); step {n + 1} has no "
                 "preconditioner. Evaluate with at most that many steps or set pamela_extra_steps: reuse_last")
@@ -164,7 +165,7 @@ class PAMELA(Learner[PamelaState]):
     ) -> PamelaState:
         """The preconditioned step, then after every w-th update the skip from the anchor."""
         new = super().inner_step(meta, state, support_x, support_y, noise, step=step, hp=hp).w
-        t, width = step + 1, int(self.hparams["skip_width"])
+        t, width = step + 1, self.config.skip_width
         if t % width != 0:
             return PamelaState(w=new, anchor=state.anchor)
         if p_key(t - width, self._cells[0]) in meta:  # no skip whose P was never trained

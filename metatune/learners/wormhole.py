@@ -28,21 +28,49 @@ curve) multiplies alpha only, not the C step size.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
 from metatune.errors import ConfigError
 from metatune.learners.base import HParams, Learner, Noise
-from metatune.learners.hparams import COMMON, HyperParameter
+from metatune.learners.hparams import LearnerConfig, setting
 from metatune.learners.state import AdaptState, pytree_state
 from metatune.models.base import Backbone, Cell, Params
 from metatune.tasks.base import TaskDistribution
 
-__all__ = ["C_FORMS", "Wormhole", "WormholeState"]
+__all__ = ["C_FORMS", "Wormhole", "WormholeConfig", "WormholeState"]
 
-C_FORMS = ("scalar", "tanh", "diag_layer", "diag_weight")
+CForm = Literal["scalar", "tanh", "diag_layer", "diag_weight"]
+C_FORMS: tuple[str, ...] = get_args(CForm)
+
+
+class WormholeConfig(LearnerConfig):
+    wormhole_c_form: CForm = setting(
+        "tanh", symbol="C_i",
+        help="parameterisation of the task multiplier: c, tanh(t), one per cell, one per parameter element",
+    )
+    wormhole_layers: Literal["all", "last"] = setting(
+        "all", help="cells C multiplies: every cell, or only the last linear cell (MNIST experiment)",
+    )
+    wormhole_c_steps: int = setting(
+        5, symbol="S_C", ge=0, le=1000, search=(1, 10),
+        help="gradient steps on C before the w-steps (paper's Wavelet set-up: 5)",
+    )
+    wormhole_c_lr: float = setting(
+        1.0, symbol="gamma", gt=0.0, log=True, search=(1e-2, 10.0), help="step size of the C-steps",
+    )
+    wormhole_c_init: float = setting(
+        1.0, symbol="c_0", search=(0.5, 1.5), help="initial C of the scalar / diag_layer / diag_weight forms",
+    )
+    wormhole_tanh_init: float = setting(
+        0.9, symbol="tanh(t_0)", gt=0.0, le=0.999, search=(0.5, 0.99),
+        help="initial C = tanh(t_0) of the tanh form (t_0 = atanh of this)",
+    )
+    wormhole_c_first_order: bool = setting(
+        False, help="treat the C-step gradients as constants (no meta-gradient through the C-steps)",
+    )
 
 
 @pytree_state
@@ -57,42 +85,13 @@ class WormholeState(AdaptState):
 class Wormhole(Learner[WormholeState]):
     """phi_i = C_i o theta, C_i fitted on the support set first, then MAML steps on phi_i."""
 
-    hyperparameters: ClassVar[tuple[HyperParameter, ...]] = (
-        *COMMON,
-        HyperParameter(
-            "wormhole_c_form", "categorical", "tanh", symbol="C_i", choices=C_FORMS,
-            help="parameterisation of the task multiplier: c, tanh(t), one per cell, one per parameter element",
-        ),
-        HyperParameter(
-            "wormhole_layers", "categorical", "all", choices=("all", "last"),
-            help="cells C multiplies: every cell, or only the last linear cell (MNIST experiment)",
-        ),
-        HyperParameter(
-            "wormhole_c_steps", "int", 5, symbol="S_C", low=0, high=1000, search=(1, 10),
-            help="gradient steps on C before the w-steps (paper's Wavelet set-up: 5)",
-        ),
-        HyperParameter(
-            "wormhole_c_lr", "float", 1.0, symbol="gamma", low=0.0, low_open=True, log=True, search=(1e-2, 10.0),
-            help="step size of the C-steps",
-        ),
-        HyperParameter(
-            "wormhole_c_init", "float", 1.0, symbol="c_0", search=(0.5, 1.5),
-            help="initial C of the scalar / diag_layer / diag_weight forms",
-        ),
-        HyperParameter(
-            "wormhole_tanh_init", "float", 0.9, symbol="tanh(t_0)", low=0.0, low_open=True, high=0.999,
-            search=(0.5, 0.99), help="initial C = tanh(t_0) of the tanh form (t_0 = atanh of this)",
-        ),
-        HyperParameter(
-            "wormhole_c_first_order", "bool", False,
-            help="treat the C-step gradients as constants (no meta-gradient through the C-steps)",
-        ),
-    )
+    config_class = WormholeConfig
+    config: WormholeConfig
 
-    def __init__(self, *, backbone: Backbone, task: TaskDistribution, **hparams) -> None:
-        super().__init__(backbone=backbone, task=task, **hparams)
+    def __init__(self, *, backbone: Backbone, task: TaskDistribution, **kwargs: object) -> None:
+        super().__init__(backbone=backbone, task=task, **kwargs)  # type: ignore[arg-type]
         cells = backbone.cells
-        if self.hparams["wormhole_layers"] == "last":
+        if self.config.wormhole_layers == "last":
             linear = [c for c in cells if c.kind == "linear"]
             if not linear:
                 raise ConfigError("learner.wormhole_layers", f"'last' needs a linear cell; '{backbone.name}' has none")
@@ -104,7 +103,7 @@ class Wormhole(Learner[WormholeState]):
     # ----------------------------------------------------------------- C
     def c_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shapes of the raw task parameters (c, or t for tanh), keyed as in the state."""
-        form = self.hparams["wormhole_c_form"]
+        form = self.config.wormhole_c_form
         if form in ("scalar", "tanh"):
             return {"c": (1,)}
         if form == "diag_layer":
@@ -123,7 +122,7 @@ class Wormhole(Learner[WormholeState]):
         """The raw task parameters at their initial value (t_0 for tanh, c_0 otherwise); from
         ``hp`` when given (inside the compiled step), else from the settings."""
         hp = self.runtime_hparams(dtype=dtype, device=device) if hp is None else hp
-        if self.hparams["wormhole_c_form"] == "tanh":
+        if self.config.wormhole_c_form == "tanh":
             value = torch.atanh(hp["wormhole_tanh_init"])
         else:
             value = hp["wormhole_c_init"]
@@ -131,13 +130,13 @@ class Wormhole(Learner[WormholeState]):
 
     def c_values(self, raw: dict[str, Tensor]) -> dict[str, Tensor]:
         """C itself from the raw task parameters (tanh applied for the tanh form)."""
-        if self.hparams["wormhole_c_form"] == "tanh":
+        if self.config.wormhole_c_form == "tanh":
             return {k: torch.tanh(v) for k, v in raw.items()}
         return raw
 
     def apply_c(self, theta: Params, raw: dict[str, Tensor]) -> Params:
         """C o theta: the selected cells' weights and biases multiplied by C; others unchanged."""
-        form = self.hparams["wormhole_c_form"]
+        form = self.config.wormhole_c_form
         c = self.c_values(raw)
         out = dict(theta)
         for key in self.c_keys:
@@ -159,8 +158,8 @@ class Wormhole(Learner[WormholeState]):
         ref = theta[self._adapted[0]]
         raw = self.init_c(dtype=ref.dtype, device=ref.device, hp=hp)
         lr = hp["wormhole_c_lr"]
-        constant = bool(self.hparams["first_order"] or self.hparams["wormhole_c_first_order"])
-        for _ in range(int(self.hparams["wormhole_c_steps"])):
+        constant = self.config.first_order or self.config.wormhole_c_first_order
+        for _ in range(self.config.wormhole_c_steps):
             g = self.support_grad(
                 lambda r: self.loss_at(meta, self.apply_c(theta, r), support_x, support_y), raw, constant=constant,
             )

@@ -185,6 +185,10 @@ def _declared(learner: str) -> dict[str, HyperParameter]:
 def _param(
     name: str, knob: str, learners: Sequence[str], raw: Any, decl: HyperParameter, field_: str
 ) -> Param:
+    if not decl.searchable:
+        raise ConfigError(
+            field_, f"'{knob}' is not searchable; a fixed value belongs in the study's 'learners' section"
+        )
     if isinstance(raw, (list, tuple)):
         raw = {"choices": list(raw)}
     if raw is None:

@@ -43,7 +43,7 @@ def per_task_sgd(
     """Per task: ``steps`` of ``w <- w - rate(key) * grad_w L_support`` on ``keys`` (default:
     the backbone's adapted keys), then the mean over tasks of the query loss."""
     keys = list(learner.backbone.adapted_keys() if keys is None else keys)
-    first_order = bool(learner.hparams["first_order"])
+    first_order = learner.config.first_order
     total = meta[keys[0]].new_zeros(())  # 0 + x == x exactly: the sum is the plain loop's
     for i in range(batch.num_tasks):
         fast = dict(meta)
