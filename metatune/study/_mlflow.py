@@ -10,8 +10,6 @@ concurrent writers.
 from __future__ import annotations
 
 import json
-import logging
-import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -19,43 +17,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from metatune.study._mlflow_env import configure_mlflow_env
 from metatune.study._mlflow_store import create_sqlite_store, heal_incomplete_sqlite_store
 from metatune.study.records import TrialRecord, TrialStatus
 
 __all__ = ["Tracker", "configure_mlflow_env", "redact_uri", "ui_command"]
-
-#: MLflow settings for the study's client, applied (unless the user set them) when the first
-#: client or server starts, never on import.
-_CLIENT_ENV = (
-    ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
-    # MLflow's HTTP defaults (7 retries, backoff factor 2, 120 s timeout) hold a call to a
-    # server that is down for about 4 minutes, on the Tune driver's thread. Fail within
-    # seconds instead: the study goes on and `metatune report` catches up.
-    ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
-    ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
-    ("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0"),
-    ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"),
-    # No "View run at ..." lines in the driver's output (and no extra request per run).
-    ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"),
-)
-
-
-def configure_mlflow_env() -> None:
-    """Apply _CLIENT_ENV; MLflow reads these on each request, so this may run any time before."""
-    for key, value in _CLIENT_ENV:
-        os.environ.setdefault(key, value)
-    store_log = logging.getLogger("mlflow.store.db.utils")
-    if _quiet_store not in store_log.filters:
-        store_log.addFilter(_quiet_store)
-
-
-def _quiet_store(record: logging.LogRecord) -> bool:
-    """MLflow's sqlite store announces creating and migrating its tables, and logs each failed
-    query with the SQL and a traceback; the study says "MLflow failed ..." once instead."""
-    message = record.getMessage()
-    return not message.startswith(("Creating initial MLflow database tables", "Updating database tables",
-                                   "SQLAlchemy database error"))
-
 
 TAG_STUDY = "metatune.study"
 TAG_ROLE = "metatune.role"
