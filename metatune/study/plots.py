@@ -26,10 +26,39 @@ def _numeric(values: list[Any]) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) and bool(values)
 
 
+def _best_plot(table: StudyTable, ax: Any) -> None:
+    """``rows: best``: one bar per learner (its best trial, mean ± 95% CI); a curve over a
+    single row would be one tick labelled "best"."""
+    names, means, errs, labels = [], [], [], []
+    for learner in table.learners:
+        c = table.cell(table.rows[0], learner) if table.rows else None
+        names.append(learner)
+        ok = c is not None and c.mean is not None and c.status == TrialStatus.COMPLETED
+        means.append(c.mean if ok and c is not None else 0.0)
+        errs.append((c.ci95 or 0.0) if ok and c is not None else 0.0)
+        labels.append("" if ok else (c.status if c is not None else "pending"))
+    bars = ax.bar(range(len(names)), means, yerr=errs, capsize=4, color="tab:blue", alpha=0.8)
+    for bar, label in zip(bars, labels):
+        if label:
+            ax.annotate(str(label), (bar.get_x() + bar.get_width() / 2, 0), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_xlabel("learner (best trial of each)")
+
+
 def study_plot(table: StudyTable, path: str | Path, *, title: str = "") -> Path:
     plt = _plt()
     path = Path(path)
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    if table.rows_axis == "best":
+        _best_plot(table, ax)
+        ax.set_ylabel(f"{table.value} (mean ± 95% CI)")
+        ax.set_title(title or table.title or "study table", fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+        fig.tight_layout()
+        with replacing(path) as tmp:
+            fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
+        plt.close(fig)
+        return path
     numeric = _numeric(table.rows)
     xs_all = sorted(table.rows) if numeric else table.rows
     positions = {(_k(v)): (v if numeric else i) for i, v in enumerate(xs_all)}

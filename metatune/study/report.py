@@ -41,6 +41,7 @@ def study_table(study: Study, records: Sequence[TrialRecord]) -> StudyTable:
         f"steps, mean ± 95% CI over {ev.tasks} test tasks"
     )
     pub = PUBLISHED.get(study.spec.table.published) if study.spec.table.published else None
+    baseline = _baseline(study.base[study.learners[0]]["task"]) if study.spec.table.value == "test_loss" else None
     return build_table(
         records,
         rows=study.table_rows,
@@ -49,7 +50,24 @@ def study_table(study: Study, records: Sequence[TrialRecord]) -> StudyTable:
         mode=study.mode,
         published=pub,
         title=title,
+        baseline=baseline,
     )
+
+
+_BASELINES: dict[str, tuple[str, float] | None] = {}
+
+
+def _baseline(task: dict[str, Any]) -> tuple[str, float] | None:
+    """The task's trivial baseline, built once per task section (an image task scans folders)."""
+    key = json.dumps(task, sort_keys=True, default=str)
+    if key not in _BASELINES:
+        from metatune.tasks import build_task
+
+        try:
+            _BASELINES[key] = build_task(dict(task)).trivial_baseline()
+        except Exception:  # noqa: BLE001 - a frame for the table, never a reason to fail it
+            _BASELINES[key] = None
+    return _BASELINES[key]
 
 
 class Views:

@@ -61,6 +61,8 @@ class StudyTable:
     cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
     published: PublishedTable | None = None
     title: str = ""
+    #: What a predictor that learns nothing scores, as (what it is, value).
+    baseline: tuple[str, float] | None = None
 
     def cell(self, row: Any, learner: str) -> Cell:
         return self.cells.get((_fmt_row(row), learner)) or Cell(row, learner)
@@ -118,8 +120,13 @@ class StudyTable:
         out = "\n".join(lines) + "\n"
         if self.title:
             out = f"**{self.title}**\n\n" + out
+        if self.baseline is not None:
+            out += f"\nTrivial baseline: {self.baseline[0]} scores {self.baseline[1]:.3g} {self.value}.\n"
         if self.published is not None:
-            out += f"\nPublished: {self.published.title} ({self.published.source}).\n"
+            out += (
+                f"\nPublished: {self.published.title} ({self.published.source}); "
+                f"trained with {self.published.budget}.\n"
+            )
         return out
 
 
@@ -142,6 +149,7 @@ def build_table(
     mode: str = "min",
     published: PublishedTable | None = None,
     title: str = "",
+    baseline: tuple[str, float] | None = None,
 ) -> StudyTable:
     """Group trials by (row value, learner). Several trials in one cell (a sweep) show the one
     with the best objective among those that did not diverge."""
@@ -160,7 +168,8 @@ def build_table(
             row_values.setdefault(_fmt_row(float(pr)), float(pr))
     ordered = sorted(row_values.values(), key=_sort_key)
     table = StudyTable(
-        rows_axis=rows, value=value, learners=list(learners), rows=ordered, published=published, title=title
+        rows_axis=rows, value=value, learners=list(learners), rows=ordered, published=published, title=title,
+        baseline=baseline,
     )
     sign = 1.0 if mode == "min" else -1.0
     for row in ordered:

@@ -88,6 +88,11 @@ class TaskDistribution(abc.ABC):
     def output_dim(self) -> int:
         """Width of the model output (1 for regression and binary tasks, N for N-way)."""
 
+    def trivial_baseline(self) -> tuple[str, float] | None:
+        """What a predictor that learns nothing scores on this distribution's test loss (a
+        frame for every number the study table shows), as (what it is, value); None if unknown."""
+        return None
+
     def default_backbone(self) -> dict:
         """The backbone section used when a config gives none."""
         return {"name": "mlp"}

@@ -45,6 +45,14 @@ class Sine(TaskDistribution):
         if self.query is not None:
             positive(self.query, "query")
 
+    def trivial_baseline(self) -> tuple[str, float] | None:
+        # Predicting 0 everywhere: E[A^2 sin^2(.)] = E[A^2] / 2, exactly, because sin^2 has period
+        # pi and the phase is uniform over [0, pi]; A ~ U[a, b] gives E[A^2] = (a^2 + ab + b^2) / 3.
+        if self.phase != (0.0, math.pi):
+            return None
+        a, b = self.amplitude
+        return "predicting 0", (a * a + a * b + b * b) / 6.0
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         return (1,)
