@@ -97,9 +97,34 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+_EXAMPLES = """examples:
+  metatune run studies/quickstart.yaml                       # a study on a private local Ray
+  metatune run studies/quickstart.yaml --dry-run --set trials=12 --set training.iterations=2000
+  metatune status quickstart                                 # done / running / diverged / failed
+  metatune resume quickstart                                 # after Ctrl-C, a full disk or a lost node
+  metatune ui quickstart                                     # MLflow UI on 127.0.0.1:5000
+  metatune dashboard quickstart                              # optuna-dashboard on 127.0.0.1:8080
+  metatune train metatune_results/quickstart/best/maml.yaml  # retrain the best config alone
+  metatune learners maml mtnet                               # every setting: default, range, symbol
+"""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("metatune")
+    except PackageNotFoundError:  # a source checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="metatune", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser = argparse.ArgumentParser(
+        prog="metatune", description=__doc__.splitlines()[0], epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"metatune {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more (and Ray's and MLflow's notices)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one learner from a config file, without Ray")

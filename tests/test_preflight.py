@@ -191,3 +191,41 @@ def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path):
     assert not storage.exists() and "trials:" not in done.stdout  # no folder, no Ray
     bad = metatune("run", str(study_file(tmp_path, resources={"cpus": 1000})), "--dry-run", cwd=tmp_path)
     refused(bad, "field 'resources.cpus'")  # the plan is only printed for a study that would run
+
+
+def test_set_overrides_go_through_the_file_s_validation_and_name_the_item(tmp_path):
+    path = study_file(tmp_path)
+    plan = metatune("run", str(path), "--dry-run", "--set", "trials=3", "--set", "training.iterations=40",
+                    "--set", "training.eval_every=20", cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert "3 trials of maml" in plan.stdout and "40 iterations" in plan.stdout
+    for item, needles in (
+        ("training.iteratons=5", ["--set training.iteratons=5", "field 'training.iteratons'", "unknown field"]),
+        ("trials=abc", ["--set trials=abc", "field 'trials'", "expected an integer"]),
+        ("training.iterations=5", ["--set training.iterations=5", "field 'training.eval_every'"]),
+        ("nonsense", ["field '--set nonsense'", "expected KEY=VALUE"]),
+    ):
+        refused(metatune("run", str(path), "--storage", str(tmp_path / "s"), "--set", item, cwd=tmp_path),
+                *needles)
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_study_that_sets_only_its_iterations_runs_its_periods_within_them(tmp_path):
+    path = study_file(tmp_path, training={"iterations": 30})  # eval_every's default is 1000
+    plan = metatune("run", str(path), "--dry-run", cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert "30 iterations" in plan.stdout and "validation every 30" in plan.stdout
+    refused(metatune("run", str(study_file(tmp_path, training={"iterations": 30, "eval_every": 50})),
+                     "--dry-run", cwd=tmp_path), "field 'training.eval_every'", "expected <= training.iterations")
+
+
+def test_dry_run_never_imports_ray(tmp_path, monkeypatch, capsys):
+    """In-process, with Ray and metatune's Ray adapter made unimportable: the dry run still works."""
+    import sys as _sys
+
+    from metatune.cli import main
+
+    monkeypatch.setitem(_sys.modules, "ray", None)
+    monkeypatch.setitem(_sys.modules, "metatune.study._ray", None)
+    assert main(["run", str(study_file(tmp_path)), "--storage", str(tmp_path / "s"), "--dry-run"]) == 0
+    assert "dry run: nothing started" in capsys.readouterr().out and not (tmp_path / "s").exists()

@@ -36,6 +36,8 @@ def configure_mlflow_env() -> None:
 def _quiet_store(record: logging.LogRecord) -> bool:
     """MLflow's sqlite store announces creating and migrating its tables, and logs each failed
     query with the SQL and a traceback; the study says "MLflow failed ..." once instead."""
+    if logging.getLogger().isEnabledFor(logging.INFO):  # --verbose: show everything
+        return True
     message = record.getMessage()
     return not message.startswith(("Creating initial MLflow database tables", "Updating database tables",
                                    "SQLAlchemy database error"))

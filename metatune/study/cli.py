@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from metatune.config import read_yaml
     from metatune.study.spec import FROZEN_FILE, is_uri, load_study, warm_start_source
 
-    study = load_study(args.study, storage=args.storage, tracking_uri=args.tracking_uri)
+    study = load_study(args.study, storage=args.storage, tracking_uri=args.tracking_uri, overrides=args.set)
     _preflight(study, args)
     warm_start_source(study)  # a missing or mismatched warm-start study: one line, before Ray
     if args.dry_run:
@@ -327,6 +327,10 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--storage", help="study folder or s3:// / gs:// URI (default ./metatune_results/<name>)")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier run of this study first")
     p.add_argument("--dry-run", action="store_true", help="check the study and print its plan; start nothing")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="change one setting of the study file (dotted key, YAML value), e.g. --set training.iterations=2000",
+    )
     _add_exec_options(p)
     p.set_defaults(func=cmd_run)
 

@@ -7,8 +7,9 @@ has had one run config per learner (and per grid point or range end) built with
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,7 @@ def parse_study(
     try:
         if not isinstance(data, Mapping):
             raise ConfigError("<root>", f"expected a mapping at the top level, got {type(data).__name__}")
-        spec = build(StudySpec, data)
+        spec = _periods_within_budget(build(StudySpec, data), data)
         if spec.workdir is not None:
             cwd = Path(spec.workdir).expanduser().resolve()
         overrides = _learner_overrides(spec)
@@ -127,6 +128,23 @@ def parse_study(
         return study
     except ConfigError as exc:
         raise (exc if exc.source else exc.with_source(source)) from None
+
+
+#: Training periods whose default (1000, 1000, 100 iterations) can exceed a short budget.
+_PERIODS = ("eval_every", "checkpoint_every", "log_every")
+
+
+def _periods_within_budget(spec: StudySpec, data: Mapping[str, Any]) -> StudySpec:
+    """A period the study file leaves unset is at most ``training.iterations``: a study that
+    sets only ``training.iterations: 100`` validates (and checkpoints) at its end rather than
+    failing on the default ``eval_every`` of 1000. A period the file sets is checked as given."""
+    section = data.get("training")
+    given: Mapping[str, Any] = section if isinstance(section, Mapping) else {}
+    tr = spec.training
+    clamp: dict[str, Any] = {
+        name: tr.iterations for name in _PERIODS if name not in given and getattr(tr, name) > tr.iterations
+    }
+    return dataclasses.replace(spec, training=dataclasses.replace(tr, **clamp)) if clamp else spec
 
 
 def _check_reports(spec: StudySpec) -> None:
@@ -238,10 +256,24 @@ def _check_table(study: Study) -> None:
         )
 
 
-def load_study(path: str | Path, *, storage: str | None = None, tracking_uri: str | None = None) -> Study:
-    """Read and validate a study YAML file (``metatune run``)."""
+def load_study(
+    path: str | Path,
+    *,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    overrides: Sequence[str] = (),
+) -> Study:
+    """Read and validate a study YAML file (``metatune run``), with ``--set KEY=VALUE``
+    ``overrides`` applied first (an error about one names it)."""
+    from metatune.study.overrides import apply_overrides, blame, parse_overrides
+
     path = Path(path)
-    return parse_study(read_yaml(path), source=str(path), storage=storage, tracking_uri=tracking_uri)
+    items = parse_overrides(overrides)
+    data = apply_overrides(read_yaml(path), items)
+    try:
+        return parse_study(data, source=str(path), storage=storage, tracking_uri=tracking_uri)
+    except ConfigError as exc:
+        raise blame(exc, items) from None
 
 
 def open_study(ref: str | Path, *, tracking_uri: str | None = None) -> Study:
