@@ -177,6 +177,14 @@ def wrong_for(tp: Any) -> st.SearchStrategy:
         options += [st.integers(), WORDS, DICTS]
     elif origin is dict or inner is dict:
         options += [st.integers(), st.text(max_size=5), LISTS, st.booleans()]
+    elif origin in (Union, types.UnionType):  # e.g. compile: bool | 'auto': wrong for every alternative
+        alternatives = get_args(inner)
+        numeric = any(a in (int, float) for a in alternatives)
+        listy = any(get_origin(a) in (tuple, list) for a in alternatives)
+        mapping = any(a is dict or get_origin(a) is dict or dataclasses.is_dataclass(a) for a in alternatives)
+        options += [s for s, fits in ((st.integers(), numeric), (LISTS, listy), (DICTS, mapping)) if not fits]
+        if not options:
+            raise AssertionError(f"no wrong values for {tp!r}")
     else:
         raise AssertionError(f"no wrong values for {tp!r}")
     return st.one_of(options)
