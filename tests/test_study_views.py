@@ -253,3 +253,29 @@ def test_mlflow_runs_of_interrupted_and_lost_trials_are_closed(tmp_path):
     again.log_progress(paused, {"iteration": 20, "train_loss": 0.9})
     assert client.get_run(again._child_runs()["a1"]["run_id"]).info.status == "RUNNING"
     assert again.close_unknown({"a1"}) == []  # b2 is closed already
+
+
+def test_a_best_rows_plot_draws_each_learner_s_adaptation_curve():
+    """`rows: best`: one curve per learner (its best trial's loss against inner steps), not one
+    point on an axis labelled "best"; plus the trivial baseline as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from metatune.study.plots import _best_curves
+    from metatune.study.table import build_table
+
+    records = [_record("a1", "maml", 0.01, loss=0.7), _record("a2", "maml", 0.1, loss=0.4),
+               _record("b1", "tnet", 0.01, loss=0.5)]
+    table = build_table(records, rows="best", learners=["maml", "tnet"], baseline=("predicting 0", 4.25))
+    assert table.cell("best", "maml").trial_id == "a2"
+    fig, ax = plt.subplots()
+    assert _best_curves(table, records, ax)
+    lines = {c.get_label(): c.lines[0] for c in ax.containers}  # one errorbar per learner
+    assert set(lines) == {"maml", "tnet"}
+    steps = records[1].curves["loss_by_step"]
+    assert list(lines["maml"].get_ydata()) == [y for y in steps if y is not None]
+    assert len(lines["maml"].get_xdata()) > 1  # a curve, not one point
+    assert "Trivial baseline: predicting 0 scores 4.25" in table.to_markdown()
+    plt.close(fig)

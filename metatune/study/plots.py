@@ -3,6 +3,7 @@ x, published numbers dashed) and each trial's robustness curves."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +46,51 @@ def _best_plot(table: StudyTable, ax: Any) -> None:
     ax.set_xlabel("learner (best trial of each)")
 
 
-def study_plot(table: StudyTable, path: str | Path, *, title: str = "") -> Path:
+def _best_curves(table: StudyTable, records: Sequence[TrialRecord], ax: Any) -> bool:
+    """``rows: best``: each learner's best trial, its test loss against inner steps (the
+    adaptation curve; against shots when there is no step curve); False when no trial has one."""
+    by_id = {r.trial_id: r for r in records}
+    drew = False
+    for learner in table.learners:
+        cell = table.cell(table.rows[0], learner) if table.rows else None
+        rec = by_id.get(cell.trial_id) if cell is not None and cell.trial_id else None
+        curves = rec.curves if rec is not None and rec.curves else {}
+        ys, es = curves.get("loss_by_step") or [], curves.get("loss_by_step_ci95") or []
+        xs: list[Any] = list(range(len(ys)))
+        if not [y for y in ys if y is not None]:
+            ys, es, xs = curves.get("loss_by_shots") or [], curves.get("loss_by_shots_ci95") or [], curves.get("shots") or []
+        pts = [(x, y, e or 0.0) for x, y, e in zip(xs, ys, es or [None] * len(ys)) if y is not None]
+        if pts:
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
+                        label=learner)
+            drew = True
+    if drew:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        step_curve = any((r.curves or {}).get("loss_by_step") for r in records)
+        ax.set_xlabel("inner steps at test time (best trial of each learner)" if step_curve else "shots K")
+        ys_all = [y for line in ax.get_lines() for y in line.get_ydata() if y > 0]
+        if ys_all and max(ys_all) / min(ys_all) >= 20:
+            ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    return drew
+
+
+def study_plot(
+    table: StudyTable, path: str | Path, *, title: str = "", records: Sequence[TrialRecord] = ()
+) -> Path:
     plt = _plt()
     path = Path(path)
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    if table.baseline is not None:  # the frame: what a predictor that learns nothing scores
+        ax.axhline(table.baseline[1], linestyle=":", color="gray", label=f"{table.baseline[0]} (trivial)")
     if table.rows_axis == "best":
-        _best_plot(table, ax)
+        if not _best_curves(table, records, ax):
+            _best_plot(table, ax)
         ax.set_ylabel(f"{table.value} (mean ± 95% CI)")
         ax.set_title(title or table.title or "study table", fontsize=10)
-        ax.grid(True, axis="y", alpha=0.3)
+        ax.grid(True, which="both", alpha=0.3)
         fig.tight_layout()
         with replacing(path) as tmp:
             fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")

@@ -191,7 +191,7 @@ class Views:
             elif key == "md":
                 write_atomic(path, table.to_markdown())
             else:
-                study_plot(table, path, title=table.title)
+                study_plot(table, path, title=table.title, records=records)
             out[key] = path
         out["_markdown"] = table.to_markdown()  # type: ignore[assignment]
         return out
