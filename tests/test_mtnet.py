@@ -363,3 +363,32 @@ def test_every_backbone(name, task, model):
         if k.endswith(".T") or k.startswith("zeta/"):
             assert grads[k].abs().sum() > 0, k
     assert out["loss"].shape == (3,)
+
+
+@pytest.mark.parametrize("name", ["mtnet_full", "mnet_full"])
+def test_noise_drawn_for_fewer_steps_than_run_is_an_error_naming_the_learner(name):
+    """-full masks are re-drawn every step: noise for 1 step run for 10 would silently reuse the
+    step-0 draw (the README's pattern before); now an error. Enough noise runs, and a per-task
+    learner (mtnet) keeps its single draw."""
+    from metatune.learners import LEARNERS
+    from metatune.models import MLP
+    from metatune.tasks import Sine
+
+    task = Sine(protocol="metasgd", shots=5)
+    backbone = MLP(input_shape=task.input_shape, output_dim=task.output_dim, hidden=(8,))
+    gen = torch.Generator().manual_seed(0)
+    for learner_name, must_fail in ((name, True), ("mtnet", False)):
+        learner = LEARNERS.get(learner_name)(backbone=backbone, task=task, inner_lr=0.01, inner_steps=1)
+        meta = learner.init_meta_params(generator=gen)
+        batch = task.sample(3, generator=gen)
+        short = learner.sample_noise(3, generator=gen, meta_params=meta, steps=1)
+        if must_fail:
+            with pytest.raises(ValueError, match=rf"{learner_name}: mask noise drawn for 1 inner step\(s\) but 10"):
+                learner.batched(meta, batch, short, steps=10)
+        else:
+            assert learner.batched(meta, batch, short, steps=10)["loss"].shape == (3,)
+        enough = learner.sample_noise(3, generator=gen, meta_params=meta, steps=10)
+        assert torch.isfinite(learner.batched(meta, batch, enough, steps=10, record=True)["loss"]).all()
+        # Evaluation noise (threshold masks: zeros) follows the same rule and gives the same masks.
+        zeros = learner.sample_noise(3, generator=gen, meta_params=meta, steps=10, training=False)
+        assert torch.isfinite(learner.batched(meta, batch, zeros, steps=10)["loss"]).all()

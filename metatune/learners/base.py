@@ -201,6 +201,11 @@ class Learner(abc.ABC, Generic[StateT]):
         """Refuse (raise) a number of inner steps this learner cannot run, before any task is
         adapted: called once per :meth:`batched` call, outside vmap (default: any number)."""
 
+    def check_noise(self, noise: Noise, *, steps: int) -> None:
+        """Refuse (raise ValueError naming the learner) noise that does not cover ``steps``
+        inner steps, e.g. drawn with ``sample_noise(steps=1)`` for a 10-step run; called with
+        :meth:`check_steps`, outside vmap (default: any noise)."""
+
     # ----------------------------------------------------------------- batched API
     def run_task(
         self, meta: Params, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
@@ -241,6 +246,7 @@ class Learner(abc.ABC, Generic[StateT]):
         ``hp`` defaults to :meth:`runtime_hparams` (with ``lr_scale``) in the batch's dtype."""
         steps = self.config.inner_steps if steps is None else steps
         self.check_steps(steps=steps)
+        self.check_noise(noise, steps=steps)
         if hp is None:
             hp = self.runtime_hparams(lr_scale=lr_scale, dtype=batch.support_x.dtype, device=batch.support_x.device)
 

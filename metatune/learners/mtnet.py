@@ -182,8 +182,9 @@ class MaskedLearner(Learner[AdaptState]):
         dtype = meta_params[self._zeta_keys[0]].dtype
         if mode == "expected":
             return {EXPECTED: torch.zeros(num_tasks, dtype=dtype)}
-        per_step = mode == "sample" and self.mask_config.mask_resample == "per_step"
-        draws = max(int(steps), 1) if per_step else 1
+        # A draw per step when masks are re-drawn every step (threshold noise too, all zeros:
+        # check_noise can then tell noise drawn for too few steps from any other).
+        draws = max(int(steps), 1) if self._per_step_noise() else 1
         noise: Noise = {}
         for zk in self._zeta_keys:
             shape = (num_tasks, draws, *meta_params[zk].shape)
@@ -193,6 +194,24 @@ class MaskedLearner(Learner[AdaptState]):
                 u = torch.rand(shape, generator=generator, dtype=dtype).clamp_(min=torch.finfo(dtype).tiny)
                 noise[GUMBEL + zk] = torch.log(u) - torch.log1p(-u)
         return noise
+
+    def check_noise(self, noise: Noise, *, steps: int) -> None:
+        """Masks re-drawn every step need a draw per step: fewer would silently reuse the first
+        (the draw index is clamped under vmap), so that is an error."""
+        if not self._per_step_noise():
+            return
+        for key, draws in noise.items():
+            if key.startswith(GUMBEL) and draws.shape[1] < steps:
+                break
+        else:
+            return
+        raise ValueError(
+            f"{self.name}: mask noise drawn for {draws.shape[1]} inner step(s) but {steps} are run "
+            f"(masks re-drawn every step); draw it with sample_noise(..., steps={steps})"
+        )
+
+    def _per_step_noise(self) -> bool:
+        return self.use_M and self.mask_config.mask_resample == "per_step"
 
     # ----------------------------------------------------------------- masks (per task)
     def zeta_masks(self, meta: Params, noise: Noise, step: int, *, hp: HParams | None = None) -> dict[str, Tensor]:
