@@ -128,6 +128,11 @@ def test_a_study_warm_starts_from_another_and_keeps_its_record_where_the_file_sa
     assert len(copied) == 2 and len(own) == 1 and own[0].state.name == "COMPLETE"
     assert sorted(t.value for t in copied) == sorted(t.value for t in _record(a).trials)
 
+    # Another folder with the same study name on the shared database would join B's record.
+    b_file.write_text(yaml.safe_dump(b_study))
+    clash = _metatune("run", str(b_file), "--storage", str(tmp_path / "C"), cwd=tmp_path, timeout=60)
+    assert clash.returncode == 2 and "field 'optuna.storage'" in clash.stderr, clash.stderr[-1000:]
+    assert "already exists" in clash.stderr and clash.stderr.strip().count("\n") == 0
     for study, needle in (
         ({**b_study, "name": "nowhere", "optuna": {"warm_start": "no-such-study"}}, "field 'optuna.warm_start'"),
         ({**b_study, "name": "badurl", "optuna": {"storage": "redis://x"}}, "field 'optuna.storage'"),

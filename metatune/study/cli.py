@@ -73,11 +73,38 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "or rename this study",
                 source=args.study,
             )
+    if not resume and study.spec.optuna.storage:
+        _fresh_optuna_record(study, overwrite=args.overwrite)
     study.write_frozen()
     try:
         return execute(study, args, resume=resume)
     finally:
         lock.release()
+
+
+def _fresh_optuna_record(study: Study, *, overwrite: bool) -> None:
+    """A new study in a shared Optuna database must not join a record of the same name (another
+    study folder's): refused, or deleted with --overwrite."""
+    import optuna
+
+    from metatune.study._mlflow import redact_uri
+
+    url = str(study.spec.optuna.storage)
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        if study.name not in optuna.get_all_study_names(storage):
+            return
+        if not overwrite:
+            raise ConfigError(
+                "optuna.storage",
+                f"an Optuna study named '{study.name}' already exists in {redact_uri(url)}; rename this "
+                "study, resume the folder that owns it, or --overwrite deletes it",
+                source=study.source,
+            )
+        optuna.delete_study(study_name=study.name, storage=storage)
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

@@ -12,7 +12,15 @@ from __future__ import annotations
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-__all__ = ["live_optuna_trial", "live_trials", "pickled_study_storage", "set_live_trials", "trial_by_number"]
+__all__ = [
+    "live_optuna_trial",
+    "live_trials",
+    "pickled_study_storage",
+    "searcher_sampler",
+    "searcher_study",
+    "set_live_trials",
+    "trial_by_number",
+]
 
 
 def live_optuna_trial(searcher: OptunaSearch, trial_id: str) -> optuna.Trial | None:
@@ -58,3 +66,15 @@ def pickled_study_storage(study: optuna.Study) -> optuna.storages.BaseStorage:
 
     Private read: ``Study._storage``."""
     return study._storage
+
+
+def searcher_study(searcher: OptunaSearch) -> optuna.Study | None:
+    """The Optuna study ``searcher`` asks and tells. Private read: ``OptunaSearch._ot_study``."""
+    study = getattr(searcher, "_ot_study", None)
+    return study if isinstance(study, optuna.Study) else None
+
+
+def searcher_sampler(searcher: OptunaSearch) -> optuna.samplers.BaseSampler | None:
+    """The sampler ``searcher`` was given. Private read: ``OptunaSearch._sampler``."""
+    sampler = getattr(searcher, "_sampler", None)
+    return sampler if isinstance(sampler, optuna.samplers.BaseSampler) else None

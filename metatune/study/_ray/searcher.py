@@ -16,6 +16,8 @@ from metatune.study._ray.optuna_seam import (
     live_optuna_trial,
     live_trials,
     pickled_study_storage,
+    searcher_sampler,
+    searcher_study,
     set_live_trials,
     trial_by_number,
 )
@@ -137,8 +139,9 @@ class StudySearch(OptunaSearch):
         self._told: set[str] = set()
         self._last_steps: dict[str, int] = {}
         self._optuna_study_name = study_name
-        if self._ot_study is not None:  # a new experiment: nothing of an earlier start runs on
-            mark_lost_trials(self._ot_study, live=set())
+        study = searcher_study(self)
+        if study is not None:  # a new experiment: nothing of an earlier start runs on
+            mark_lost_trials(study, live=set())
 
     # --------------------------------------------------------------- save and restore
     def save(self, checkpoint_path: str) -> None:
@@ -157,14 +160,14 @@ class StudySearch(OptunaSearch):
         url, name = _CURRENT[0]
         self._optuna_study_name = name
         storage = open_storage(url)
-        pickled = getattr(self, "_ot_study", None)
-        if isinstance(pickled, optuna.Study) and name not in optuna.get_all_study_names(storage):
+        pickled = searcher_study(self)
+        if pickled is not None and name not in optuna.get_all_study_names(storage):
             # Saved before Optuna's record moved to the RDB storage: the whole record is in the
             # pickle; copy it over once.
             optuna.copy_study(from_study_name=pickled.study_name, from_storage=pickled_study_storage(pickled),
                               to_storage=storage, to_study_name=name)
         numbers = {tid: (t.number if isinstance(t, optuna.Trial) else int(t)) for tid, t in live_trials(self).items()}
-        study = optuna.load_study(study_name=name, storage=storage, sampler=self._sampler)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=searcher_sampler(self))
         trials = {tid: trial_by_number(study, n) for tid, n in numbers.items()}
         set_live_trials(self, study=study, storage=storage, trials=trials)
         mark_lost_trials(study, live=set(numbers.values()))
