@@ -4,14 +4,17 @@ of re-run trials."""
 
 from __future__ import annotations
 
+import contextlib
 import pickle
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from metatune.study._ray.callback import driver_stop, stop_if_disk_refuses
 from metatune.study._ray.optuna_seam import (
     live_optuna_trial,
     live_trials,
@@ -49,8 +52,33 @@ Result = Mapping[str, Any]
 _CURRENT: list[tuple[str, str]] = []
 
 
-def use_storage_url(url: str, study_name: str) -> None:
+#: The study folder of the study being driven (its disk is probed when the record fails).
+_FOLDER: list[str] = []
+
+
+def use_storage_url(url: str, study_name: str, *, folder: str) -> None:
     _CURRENT[:] = [(url, study_name)]
+    _FOLDER[:] = [folder]
+
+
+class RecordRefused(RuntimeError):
+    """Optuna's record could not be written because the study folder's disk refuses writes."""
+
+
+@contextlib.contextmanager
+def _storage_guard() -> Iterator[None]:
+    """A failed write to Optuna's record on a disk that refuses writes ends the experiment at
+    once (raised through Tune's loop, which would otherwise wait forever for a trial the
+    searcher cannot ask for; run_study then reports the disk); any other failure as before."""
+    try:
+        yield
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError, OSError) as exc:
+        if not _FOLDER:
+            raise
+        stop_if_disk_refuses(_FOLDER[0])
+        if driver_stop(_FOLDER[0]).disk_problem is None:
+            raise
+        raise RecordRefused(f"Optuna's record could not be written: {str(exc).splitlines()[0][:200]}") from None
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
@@ -172,7 +200,26 @@ class StudySearch(OptunaSearch):
         set_live_trials(self, study=study, storage=storage, trials=trials)
         mark_lost_trials(study, live=set(numbers.values()))
 
+    # --------------------------------------------------------------- Tune's calls, guarded
+    # Optuna's record is a database file in the study folder: on a full or read-only disk every
+    # write to it fails. Then the driver stops the study (as for any write the disk refuses);
+    # `resume` replays what the record missed (a finished trial's final report is stored beside
+    # its checkpoints) from the last good Tune snapshot.
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        with _storage_guard():
+            return self._suggest(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        with _storage_guard():
+            self._on_trial_result(trial_id, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        with _storage_guard():
+            self._on_trial_complete(trial_id, result, error)
+
+    def _suggest(self, trial_id: str) -> dict[str, Any] | None:
         config = super().suggest(trial_id)
         ot_trial = live_optuna_trial(self, trial_id)
         if config is not None and ot_trial is not None:
@@ -191,7 +238,7 @@ class StudySearch(OptunaSearch):
             return True
         return False
 
-    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+    def _on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if trial_id in self._told or self._finished_in_storage(trial_id):
             return  # progress of a retried trial: only its final result matters to Optuna
         # Keyed by training iteration, not Tune's report index, so Optuna's intermediate-value
@@ -205,9 +252,7 @@ class StudySearch(OptunaSearch):
         self._last_steps[trial_id] = int(step)
         ot_trial.report(value, int(step))
 
-    def on_trial_complete(
-        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
-    ) -> None:
+    def _on_trial_complete(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
         ot_trial = live_optuna_trial(self, trial_id)
         if ot_trial is None:
             return super().on_trial_complete(trial_id, result, error)
@@ -224,6 +269,8 @@ class StudySearch(OptunaSearch):
             return
         study = ot_trial.study
         first = study.trials[ot_trial.number]
+        if first.state == optuna.trial.TrialState.COMPLETE:
+            return  # a replay of a final report Optuna already has (its Tune snapshot was older)
         study.add_trial(
             optuna.trial.create_trial(
                 params=first.params,

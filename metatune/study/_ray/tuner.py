@@ -234,7 +234,7 @@ def run_study(study: Study, monitor: StudyMonitor, *, resume: bool = False) -> S
     new experiment); call ``repair_snapshot`` first, which puts the last good copy back."""
     configure_tune_env()
     trainable = make_trainable(study)
-    use_storage_url(optuna_storage_url(study), study.name)  # a restored searcher reopens it here
+    use_storage_url(optuna_storage_url(study), study.name, folder=str(study.dir))  # a restored searcher reopens it
     key = str(study.dir)
     attach_monitor(key, monitor)
     copier = SnapshotCopier(study)
