@@ -85,15 +85,19 @@ def test_study_runs_to_completion(finished_study, capsys):
 
 
 def test_optuna_suggested_every_trial(finished_study):
-    """The searcher state Tune saved holds one Optuna trial per Tune trial, all COMPLETE (none
-    left RUNNING), with exactly the parameters the Tune trials ran with."""
+    """Optuna's record (the study's RDB storage, optuna.db) holds one Optuna trial per Tune trial,
+    all COMPLETE (none left RUNNING), with exactly the parameters the Tune trials ran with; the
+    searcher state Tune saved holds no copy of it."""
     import optuna
+
+    from metatune.study._ray import optuna_trials
 
     study, records = _records(finished_study["dir"])
     [state_file] = glob.glob(str(Path(study.tune_path) / "searcher-state-*.pkl"))
     with open(state_file, "rb") as f:
         state = pickle.load(f)
-    ot_trials = state["_ot_study"].trials
+    assert state["_ot_study"] is None and state["_storage"] is None
+    ot_trials = optuna_trials(study)
     assert len(ot_trials) == 4
     assert {t.state for t in ot_trials} == {optuna.trial.TrialState.COMPLETE}
     assert sorted(json.dumps(r.params, sort_keys=True) for r in records) == sorted(
