@@ -88,9 +88,10 @@ def _fresh_optuna_record(study: Study, *, overwrite: bool) -> None:
     import optuna
 
     from metatune.study._mlflow import redact_uri
+    from metatune.study._ray.storage import open_storage
 
     url = str(study.spec.optuna.storage)
-    storage = optuna.storages.RDBStorage(url)
+    storage = open_storage(url)
     try:
         if study.name not in optuna.get_all_study_names(storage):
             return

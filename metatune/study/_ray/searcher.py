@@ -24,6 +24,7 @@ from metatune.study._ray.optuna_seam import (
     set_live_trials,
     trial_by_number,
 )
+from metatune.study._ray.storage import open_storage
 from metatune.study.records import OUTCOME, TrialStatus, finite
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
     "StudyLimiter",
     "StudySearch",
     "mark_lost_trials",
-    "open_storage",
     "use_storage_url",
 ]
 
@@ -79,12 +79,6 @@ def _storage_guard() -> Iterator[None]:
         if driver_stop(_FOLDER[0]).disk_problem is None:
             raise
         raise RecordRefused(f"Optuna's record could not be written: {str(exc).splitlines()[0][:200]}") from None
-
-
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    # sqlite: wait for a lock rather than fail at once (the dashboard may be reading).
-    kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite:") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
 def warm_start(url: str, study_name: str, *, source: str, trials: list[optuna.trial.FrozenTrial]) -> int:
@@ -199,6 +193,11 @@ class StudySearch(OptunaSearch):
         trials = {tid: trial_by_number(study, n) for tid, n in numbers.items()}
         set_live_trials(self, study=study, storage=storage, trials=trials)
         mark_lost_trials(study, live=set(numbers.values()))
+        # The record (an RDB) can be ahead of Tune's snapshot, which holds ``_told``: a driver
+        # killed after telling Optuna and before the snapshot. Such trials count as told, once,
+        # here: a replayed final report then goes to the retry path, which skips a COMPLETE one.
+        finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+        self._told |= {tid for tid, n in numbers.items() if n in finished}
 
     # --------------------------------------------------------------- Tune's calls, guarded
     # Optuna's record is a database file in the study folder: on a full or read-only disk every
@@ -226,20 +225,8 @@ class StudySearch(OptunaSearch):
             ot_trial.set_user_attr(ATTR_TUNE_ID, trial_id)
         return config
 
-    def _finished_in_storage(self, trial_id: str) -> bool:
-        """Whether Optuna's record already has this trial finished. The record (an RDB) can be
-        ahead of Tune's snapshot, which holds ``_told``: a driver killed after telling Optuna
-        and before the snapshot; the restarted trial then replays its final report."""
-        ot_trial = live_optuna_trial(self, trial_id)
-        if ot_trial is None or trial_id in self._told:
-            return False
-        if ot_trial.study.get_trials(deepcopy=False)[ot_trial.number].state.is_finished():
-            self._told.add(trial_id)
-            return True
-        return False
-
     def _on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        if trial_id in self._told or self._finished_in_storage(trial_id):
+        if trial_id in self._told:
             return  # progress of a retried trial: only its final result matters to Optuna
         # Keyed by training iteration, not Tune's report index, so Optuna's intermediate-value
         # plot reads in iterations. A trial restored from a checkpoint may report a step again
@@ -257,8 +244,6 @@ class StudySearch(OptunaSearch):
         if ot_trial is None:
             return super().on_trial_complete(trial_id, result, error)
         attrs = _outcome_attrs(result, error=error)
-        if self._finished_in_storage(trial_id):
-            return  # the replay of a final report Optuna already has
         if trial_id not in self._told:
             for key, value in attrs.items():
                 ot_trial.set_user_attr(key, value)

@@ -31,6 +31,7 @@ __all__ = [
     "error_marker",
     "local_trial_dir",
     "mark_error",
+    "open_storage",
     "optuna_storage_url",
     "optuna_trials",
     "prune_checkpoints",
@@ -209,6 +210,13 @@ def prune_checkpoints(study: Study, *, keep: int = 2) -> int:
 
 
 # ---------------------------------------------------------------------- Optuna's record
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage at ``url``; on sqlite, wait for a lock rather than fail at once
+    (the dashboard may be reading)."""
+    kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite:") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
 def optuna_storage_url(study: Study) -> str:
     """Where the study keeps Optuna's record: the study file's ``optuna.storage``, else
     ``<study>/optuna.db`` (sqlite), resolved from the study folder each time, so a moved or
@@ -221,7 +229,7 @@ def optuna_trials(study: Study) -> list[optuna.trial.FrozenTrial]:
     first trial was asked for."""
     if study.spec.optuna.storage is None and not (Path(study.dir) / OPTUNA_FILE).is_file():
         return []
-    storage = optuna.storages.RDBStorage(optuna_storage_url(study))
+    storage = open_storage(optuna_storage_url(study))
     try:
         if study.name not in optuna.get_all_study_names(storage):
             return []
