@@ -47,7 +47,8 @@ def execute(study: Study, args: argparse.Namespace, *, resume: bool) -> int:
     s = study.spec
     print(
         f"study '{study.name}': {study.num_trials} trials of {', '.join(study.learners)} "
-        f"(sampler {s.sampler.name}, scheduler {s.scheduler.name}, objective {study.metric} {study.mode}, "
+        + (f"({len(s.replicate_seeds)} seeds each) " if s.replicate_seeds else "")
+        + f"(sampler {s.sampler.name}, scheduler {s.scheduler.name}, objective {study.metric} {study.mode}, "
         f"{s.resources.cpus:g} CPU"
         + (f" + {s.resources.gpus:g} GPU" if s.resources.gpus else "")
         + " per trial)"
@@ -154,6 +155,9 @@ def describe_plan(study: Study) -> str:
         + (f" + {s.resources.gpus:g} GPU" if s.resources.gpus else ""),
         "  search space:",
     ]
+    if s.replicate_seeds:
+        lines.insert(2, f"  seed replicates: every configuration trains once per seed {list(s.replicate_seeds)}; "
+                        "views show the mean over seeds ± the across-seed sd")
     for learner in study.learners:
         described = []
         for param in study.space.for_learner(learner):

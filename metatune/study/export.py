@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +14,9 @@ import yaml
 from metatune.atomic_files import write_atomic
 from metatune.config import parse_config
 from metatune.study.records import TrialRecord, TrialStatus, format_params
+from metatune.study.replicates import Replicates, group_replicates, seed_of, spread
 
-__all__ = ["Exported", "best_trials", "export_best", "summary_table"]
+__all__ = ["Exported", "best_configs", "best_trials", "export_best", "summary_table"]
 
 
 @dataclass(frozen=True)
@@ -27,14 +27,32 @@ class Exported:
     record: TrialRecord
 
 
-def best_trials(records: Sequence[TrialRecord], *, mode: str, top_k: int = 1) -> dict[str, list[TrialRecord]]:
-    """Completed (not diverged) trials per learner, best objective first."""
+def best_configs(records: Sequence[TrialRecord], *, mode: str, top_k: int = 1) -> dict[str, list[Replicates]]:
+    """Configurations per learner with a completed (not diverged) seed, best mean objective
+    over their completed seeds first (a configuration is never judged by its luckiest seed)."""
     sign = 1.0 if mode == "min" else -1.0
-    out: dict[str, list[TrialRecord]] = {}
-    for r in records:
-        if r.status == TrialStatus.COMPLETED and r.objective is not None and math.isfinite(r.objective):
-            out.setdefault(r.learner, []).append(r)
-    return {k: sorted(v, key=lambda r: sign * r.objective)[:top_k] for k, v in out.items()}  # type: ignore[operator]
+    out: dict[str, list[tuple[float, Replicates]]] = {}
+    for group in group_replicates(records):
+        objective = group.objective()
+        if objective is not None:
+            out.setdefault(group.learner, []).append((sign * objective, group))
+    return {k: [g for _, g in sorted(v, key=lambda t: t[0])[:top_k]] for k, v in out.items()}
+
+
+def best_trials(records: Sequence[TrialRecord], *, mode: str, top_k: int = 1) -> dict[str, list[TrialRecord]]:
+    """The trial standing for each best configuration (its lowest completed seed)."""
+    return {
+        k: [_representative(g) for g in groups] for k, groups in best_configs(records, mode=mode, top_k=top_k).items()
+    }
+
+
+def _representative(group: Replicates) -> TrialRecord:
+    return min(group.completed, key=lambda t: (seed_of(t) or 0, t.trial_id))
+
+
+def _seed_note(group: Replicates) -> str:
+    n = len(group.completed)
+    return f" (mean over {n} seeds: {', '.join(str(s) for s in group.seeds)})" if len(group.trials) > 1 else ""
 
 
 def trainable_config(record: TrialRecord) -> dict[str, Any]:
@@ -58,20 +76,22 @@ def export_best(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Exported] = []
-    for learner, ranked in sorted(best_trials(records, mode=mode, top_k=top_k).items()):
-        for rank, r in enumerate(ranked, start=1):
+    for learner, ranked in sorted(best_configs(records, mode=mode, top_k=top_k).items()):
+        for rank, group in enumerate(ranked, start=1):
+            r = _representative(group)
             cfg = trainable_config(r)
             parse_config(cfg)  # what `metatune train` will do; a failure here is a bug, not user input
             path = out_dir / (f"{learner}.yaml" if rank == 1 else f"{learner}_rank{rank}.yaml")
-            test = (
-                f", test loss {r.test_loss:.4g} ± {r.test_loss_ci95 or 0:.2g}"
-                if r.test_loss is not None
-                else ""
-            )
+            test = spread((t.test_loss, t.test_loss_ci95) for t in group.completed if t.test_loss is not None)
+            test_text = f", test loss {test.text(4)}" if test is not None else ""
+            replicated = len(group.trials) > 1
+            trials = ", ".join(t.trial_id for t in group.completed) if replicated else r.trial_id
             header = (
-                f"# Best {learner} config #{rank} of study '{study}' (trial {r.trial_id}): "
-                f"{metric} {r.objective:.4g}{test}.\n"
-                f"# Retrain with: metatune train {path}\n"
+                f"# Best {learner} config #{rank} of study '{study}' (trial{'s' if replicated else ''} {trials}): "
+                f"{metric} {group.objective():.4g}{_seed_note(group)}{test_text}.\n"
+                + (f"# The configuration, not a seed: seed {cfg.get('seed')} below is one of its replicates.\n"
+                   if replicated else "")
+                + f"# Retrain with: metatune train {path}\n"
             )
             write_atomic(path, header + yaml.safe_dump(cfg, sort_keys=False))
             written.append(Exported(learner, rank, path, r))
@@ -80,7 +100,7 @@ def export_best(
 
 def summary_table(records: Sequence[TrialRecord], *, metric: str, mode: str, learners: Sequence[str]) -> str:
     """One line per learner: trials, diverged, best objective, its test loss and config."""
-    best = best_trials(records, mode=mode)
+    best = best_configs(records, mode=mode)
     rows = [
         (
             "learner",
@@ -89,13 +109,16 @@ def summary_table(records: Sequence[TrialRecord], *, metric: str, mode: str, lea
             "diverged",
             "failed",
             f"best {metric}",
-            "test loss (95% CI)",
+            "test loss (± 95% CI; ± seed sd)",
             "best config",
         )
     ]
     for learner in learners:
         mine = [r for r in records if r.learner == learner]
-        b = best.get(learner, [None])[0]
+        g = best.get(learner, [None])[0]
+        b = _representative(g) if g is not None else None
+        test = spread((t.test_loss, t.test_loss_ci95) for t in g.completed) if g is not None else None
+        obj = g.objective() if g is not None else None
         rows.append(
             (
                 learner,
@@ -103,9 +126,12 @@ def summary_table(records: Sequence[TrialRecord], *, metric: str, mode: str, lea
                 str(sum(r.status in (TrialStatus.COMPLETED, TrialStatus.STOPPED) for r in mine)),
                 str(sum(r.status == TrialStatus.DIVERGED for r in mine)),
                 str(sum(r.status == TrialStatus.ERROR for r in mine)),
-                f"{b.objective:.4g}" if b and b.objective is not None else "-",
-                f"{b.test_loss:.4g} ± {b.test_loss_ci95 or 0:.2g}" if b and b.test_loss is not None else "-",
-                format_params(b) if b else "-",
+                (f"{obj:.4g}" + (f" ({len(g.completed)} seeds)" if g and len(g.trials) > 1 else ""))
+                if obj is not None
+                else "-",
+                test.text(4) if test is not None and test.seeds > 1 else
+                (f"{b.test_loss:.4g} ± {b.test_loss_ci95 or 0:.2g}" if b and b.test_loss is not None else "-"),
+                format_params(b, seed=False) if b else "-",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -8,10 +8,12 @@ trial's learner itself.
 
 from __future__ import annotations
 
-__all__ = ["LEARNER_KEY", "branch_learner", "branch_name", "knob_for", "short_name", "split_trial_name"]
+__all__ = ["LEARNER_KEY", "SEED_KEY", "branch_learner", "branch_name", "knob_for", "short_name", "split_trial_name"]
 
 #: Key of a trial config that holds the learner's name.
 LEARNER_KEY = "learner"
+#: Key of a trial config that holds the training seed of a seed replicate (``seeds:``).
+SEED_KEY = "seed"
 _SEP = "."
 
 
@@ -33,8 +35,9 @@ def split_trial_name(name: str, learner: str) -> str:
 
 def knob_for(name: str, learner: str) -> str | None:
     """The knob that trial-config entry ``name`` sets in ``learner``'s run config, or None
-    when it is the learner key or belongs to another learner's branch."""
-    if name == LEARNER_KEY:
+    when it is the learner key, the replicate's seed (the run config's top-level ``seed``) or
+    belongs to another learner's branch."""
+    if name in (LEARNER_KEY, SEED_KEY):
         return None
     owner = branch_learner(name)
     if owner is not None and owner != learner:

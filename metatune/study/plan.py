@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from metatune.errors import ConfigError
-from metatune.study.param_names import LEARNER_KEY, knob_for
+from metatune.study.param_names import LEARNER_KEY, SEED_KEY, knob_for
 
 __all__ = ["TrialPlan"]
 
@@ -81,6 +81,8 @@ class TrialPlan:
                 LEARNER_KEY, f"trial config names learner {learner!r}; study has {', '.join(self.learners)}"
             )
         cfg = self.base(learner)
+        if SEED_KEY in config:  # a seed replicate (``seeds:``): the training seed
+            cfg["seed"] = int(config[SEED_KEY])
         for key, value in config.items():
             knob = knob_for(key, learner)
             if knob is None:

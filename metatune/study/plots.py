@@ -9,7 +9,8 @@ from typing import Any
 
 from metatune.atomic_files import replacing
 from metatune.study.records import TrialRecord, TrialStatus
-from metatune.study.table import StudyTable
+from metatune.study.replicates import spread
+from metatune.study.table import Cell, StudyTable
 
 __all__ = ["study_plot", "trial_plot"]
 
@@ -53,12 +54,16 @@ def _best_curves(table: StudyTable, records: Sequence[TrialRecord], ax: Any) -> 
     drew = False
     for learner in table.learners:
         cell = table.cell(table.rows[0], learner) if table.rows else None
-        rec = by_id.get(cell.trial_id) if cell is not None and cell.trial_id else None
-        curves = rec.curves if rec is not None and rec.curves else {}
-        ys, es = curves.get("loss_by_step") or [], curves.get("loss_by_step_ci95") or []
-        xs: list[Any] = list(range(len(ys)))
-        if not [y for y in ys if y is not None]:
-            ys, es, xs = curves.get("loss_by_shots") or [], curves.get("loss_by_shots_ci95") or [], curves.get("shots") or []
+        ids = (cell.trial_ids or [cell.trial_id]) if cell is not None and cell.trial_id else []
+        recs = [by_id[i] for i in ids if i in by_id and by_id[i].curves]
+        if len(recs) > 1:  # seed replicates: the mean curve, error bars = the across-seed sd
+            xs, ys, es = _mean_curve(recs)
+        else:
+            curves = recs[0].curves if recs else {}
+            ys, es = curves.get("loss_by_step") or [], curves.get("loss_by_step_ci95") or []
+            xs = list(range(len(ys)))
+            if not [y for y in ys if y is not None]:
+                ys, es, xs = curves.get("loss_by_shots") or [], curves.get("loss_by_shots_ci95") or [], curves.get("shots") or []
         pts = [(x, y, e or 0.0) for x, y, e in zip(xs, ys, es or [None] * len(ys)) if y is not None]
         if pts:
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
@@ -75,6 +80,41 @@ def _best_curves(table: StudyTable, records: Sequence[TrialRecord], ax: Any) -> 
             ax.set_yscale("log")
         ax.legend(fontsize=8)
     return drew
+
+
+def _mean_curve(recs: Sequence[TrialRecord]) -> tuple[list[Any], list[Any], list[Any]]:
+    """The seeds' mean adaptation curve (loss vs inner step; vs K when there is none) and the
+    across-seed sd at each point."""
+    key, xkey = "loss_by_step", None
+    if not any(y is not None for r in recs for y in r.curves.get(key) or []):
+        key, xkey = "loss_by_shots", "shots"
+    length = max(len(r.curves.get(key) or []) for r in recs)
+    xs = list(recs[0].curves.get(xkey) or []) if xkey else list(range(length))
+    ys: list[Any] = []
+    es: list[Any] = []
+    for i in range(length):
+        sp = spread(((r.curves.get(key) or [None] * length)[i], None) for r in recs if i < len(r.curves.get(key) or []))
+        ys.append(sp.mean if sp else None)
+        es.append(sp.sd if sp else None)
+    return xs, ys, es
+
+
+def _seed_points(table: StudyTable, cell: Cell, by_id: dict[str, TrialRecord]) -> list[float]:
+    """Each seed's own value in a replicated cell (drawn as dots beside the mean)."""
+    out = []
+    for tid in cell.trial_ids:
+        r = by_id.get(tid)
+        if r is None:
+            continue
+        if table.rows_axis == "shots":
+            shots = r.curves.get("shots") or []
+            vals = r.curves.get("loss_by_shots") or []
+            v = next((y for k, y in zip(shots, vals) if str(k) == str(cell.row)), None)
+        else:
+            v = getattr(r, table.value, None)
+        if v is not None:
+            out.append(float(v))
+    return out
 
 
 def study_plot(
@@ -101,6 +141,8 @@ def study_plot(
     positions = {(_k(v)): (v if numeric else i) for i, v in enumerate(xs_all)}
     ys_all: list[float] = []
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    by_id = {r.trial_id: r for r in records}
+    seeded = any(c.seeded for c in table.cells.values())
     for i, learner in enumerate(table.learners):
         color = colors[i % len(colors)]
         xs, ys, es, dx = [], [], [], []
@@ -109,7 +151,11 @@ def study_plot(
             if c.mean is not None and c.status == TrialStatus.COMPLETED:
                 xs.append(positions[_k(row)])
                 ys.append(c.mean)
-                es.append(c.ci95 or 0.0)
+                es.append((c.seed_sd if c.seeded else c.ci95) or 0.0)
+                if c.seeded:  # the spread itself: one faint dot per seed
+                    pts = _seed_points(table, c, by_id)
+                    ax.scatter([positions[_k(row)]] * len(pts), pts, s=12, color=color, alpha=0.45, zorder=4)
+                    ys_all.extend(pts)
             elif c.status == TrialStatus.DIVERGED:
                 dx.append(positions[_k(row)])
         if xs:
@@ -147,8 +193,8 @@ def study_plot(
     pos = [y for y in ys_all if y > 0]
     if pos and max(pos) / min(pos) >= 20:
         ax.set_yscale("log")
-    ax.set_xlabel(table.rows_axis)
-    ax.set_ylabel(f"{table.value} (mean ± 95% CI)")
+    ax.set_xlabel("test shots K" if table.rows_axis == "shots" else table.rows_axis)
+    ax.set_ylabel(f"{table.value} (mean over seeds ± seed sd; dots: seeds)" if seeded else f"{table.value} (mean ± 95% CI)")
     ax.set_title(title or table.title or "study table", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Final
 
-from metatune.study.param_names import LEARNER_KEY, branch_name, short_name
+from metatune.study.param_names import LEARNER_KEY, SEED_KEY, branch_name, short_name
 
 __all__ = [
     "FINISHED",
@@ -282,11 +282,12 @@ def record_from_tune(
     )
 
 
-def format_params(record: TrialRecord) -> str:
-    """The searched hyperparameters of a trial, short (learner prefix and name dropped)."""
+def format_params(record: TrialRecord, *, seed: bool = True) -> str:
+    """The searched hyperparameters of a trial, short (learner prefix and name dropped);
+    ``seed=False`` leaves out a replicate's seed (the configuration alone)."""
     parts = []
     for k, v in record.params.items():
-        if k == LEARNER_KEY:
+        if k == LEARNER_KEY or (k == SEED_KEY and not seed):
             continue
         k = short_name(k, record.learner)
         parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")

@@ -36,10 +36,12 @@ TABLE_FILES = {"csv": "table/study_table.csv", "md": "table/study_table.md", "pn
 def study_table(study: Study, records: Sequence[TrialRecord]) -> StudyTable:
     ev = study.spec.evaluation
     shots = study.base[study.learners[0]]["task"].get("shots", "K")
-    title = (
-        f"{study.name}: {study.spec.table.value} at K={shots} after {ev.inner_steps or 'training'} inner "
-        f"steps, mean ± 95% CI over {ev.tasks} test tasks"
+    at = "K = " + "/".join(str(k) for k in ev.shots) if study.table_rows == "shots" and ev.shots else f"K={shots}"
+    seeds = study.spec.replicate_seeds
+    spread = (
+        f"mean over {len(seeds)} training seeds ± seed sd" if seeds else f"mean ± 95% CI over {ev.tasks} test tasks"
     )
+    title = f"{study.name}: {study.spec.table.value} at {at} after {ev.inner_steps or 'training'} inner steps, {spread}"
     pub = PUBLISHED.get(study.spec.table.published) if study.spec.table.published else None
     baseline = _baseline(study.base[study.learners[0]]["task"]) if study.spec.table.value == "test_loss" else None
     return build_table(

@@ -17,6 +17,7 @@ from metatune._fields import as_plain, build
 from metatune.config import parse_config, read_yaml
 from metatune.errors import ConfigError
 from metatune.learners import LEARNERS
+from metatune.study.param_names import SEED_KEY
 from metatune.study.published import PUBLISHED
 from metatune.study.records import TEST_ACCURACY, VAL_ACCURACY
 from metatune.study.resolved import Study
@@ -98,6 +99,7 @@ def parse_study(
         overrides = _learner_overrides(spec)
         _check_reports(spec)
         space, space_src = _resolve_space(spec, overrides, source=source, cwd=cwd)
+        space = _with_seeds(spec, space)
         SAMPLERS[spec.sampler.name].check(spec, space, space_src)
         SCHEDULERS[spec.scheduler.name].check(spec)
         study_dir, tune_root = _resolve_storage(spec, storage, cwd=cwd)
@@ -187,6 +189,24 @@ def _resolve_space(
     return space, space_src
 
 
+def _with_seeds(spec: StudySpec, space: SearchSpace) -> SearchSpace:
+    """Seed replicates are a grid axis: each configuration once per seed. A sampled search
+    would treat the seed as a parameter to tune, so replicates need the grid sampler."""
+    seeds = spec.replicate_seeds
+    if not seeds:
+        return space
+    field_ = "replicates" if spec.replicates is not None else "seeds"
+    if not SAMPLERS[spec.sampler.name].grid:
+        raise ConfigError(
+            field_,
+            f"seed replicates run every configuration once per seed, which needs sampler: grid "
+            f"(this study uses {spec.sampler.name}, which would tune the seed as a parameter)",
+        )
+    if any(p.name == SEED_KEY for p in space.params):
+        raise ConfigError("search_space", f"'{SEED_KEY}' is the replicates' axis; set it with {field_}")
+    return dataclasses.replace(space, seeds=seeds)
+
+
 def _resolve_storage(spec: StudySpec, storage: str | None, *, cwd: Path) -> tuple[Path, str]:
     """The local study folder and the root of the Tune experiment (that folder, or a URI)."""
     store = storage if storage is not None else spec.storage
@@ -241,12 +261,12 @@ def _base_configs(spec: StudySpec, overrides: Mapping[str, Mapping[str, Any]]) -
 
 def _check_table(study: Study) -> None:
     rows = study.spec.table.rows
-    if rows is not None and rows != "best":
+    if rows is not None and rows not in ("best", "shots"):
         knobs = {p.knob for p in study.space.params} | {p.name for p in study.space.params}
         if rows not in knobs:
             raise ConfigError(
                 "table.rows",
-                f"expected 'best' or a searched parameter ({', '.join(sorted(knobs)) or 'none'}), "
+                f"expected 'best', 'shots' or a searched parameter ({', '.join(sorted(knobs)) or 'none'}), "
                 f"got {rows!r}",
             )
     pub = study.spec.table.published

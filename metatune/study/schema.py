@@ -17,6 +17,7 @@ optuna: {storage: null, warm_start: null}               # default <study>/optuna
 storage: null                                           # default ./metatune_results/<name>
 table: {rows: inner_lr}                                 # the study table's row axis
 seed: 0
+seeds: [0, 1, 2]                                        # seed replicates (or replicates: 3)
 ```
 Rules that tie sections together (a sampler and the search space, paths, run configs) are
 checked when the study is resolved (:mod:`metatune.study.resolve`).
@@ -160,8 +161,9 @@ class OptunaSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class TableSpec:
-    #: Row axis: a searched knob (inner_lr) or 'best' (the best trial per learner); null = the
-    #: first grid axis, else 'best'. Columns are always the learners.
+    #: Row axis: a searched knob (inner_lr), 'shots' (test support size K, one row per
+    #: evaluation.shots) or 'best' (the best configuration per learner); null = the first
+    #: grid axis, else 'best'. Columns are always the learners.
     rows: str | None = None
     value: Literal["test_loss", "test_accuracy"] = TEST_LOSS
     #: Published numbers shown beside ours (a key of metatune.study.published.PUBLISHED).
@@ -185,6 +187,11 @@ class StudySpec:
     name: str
     description: str = ""
     seed: int = 0
+    #: Seed replicates: every configuration trains once per seed (a grid axis), and the
+    #: views show the mean over seeds with the across-seed sd. null = one run at ``seed``.
+    seeds: tuple[int, ...] | None = None
+    #: Shorthand for ``seeds``: this many seeds from ``seed`` on (seed, seed + 1, ...).
+    replicates: int | None = None
     task: dict[str, Any]
     model: dict[str, Any] | None = None
     learners: dict[str, Any] | tuple[str, ...]
@@ -223,6 +230,22 @@ class StudySpec:
         if self.max_concurrent_trials is not None:
             positive(self.max_concurrent_trials, "max_concurrent_trials")
         positive(self.max_failures, "max_failures", allow_zero=True)
+        if self.seeds is not None and self.replicates is not None:
+            raise ConfigError("replicates", "give either seeds (a list) or replicates (a count), not both")
+        if self.replicates is not None:
+            positive(self.replicates, "replicates")
+        if self.seeds is not None:
+            if not self.seeds:
+                raise ConfigError("seeds", "expected at least one seed")
+            if len(set(self.seeds)) != len(self.seeds):
+                raise ConfigError("seeds", f"expected distinct seeds, got {list(self.seeds)}")
+
+    @property
+    def replicate_seeds(self) -> tuple[int, ...]:
+        """The seeds of the replicates; () when the study trains each configuration once."""
+        if self.replicates is not None:
+            return tuple(range(self.seed, self.seed + self.replicates))
+        return self.seeds or ()
 
 
 #: MLflow tracking schemes metatune can log to (http(s) servers, SQL stores, Databricks).

@@ -34,7 +34,7 @@ from metatune._fields import build
 from metatune.config import TrainingConfig
 from metatune.errors import ConfigError
 from metatune.learners import LEARNERS, HyperParameter
-from metatune.study.param_names import LEARNER_KEY, branch_learner, branch_name, split_trial_name
+from metatune.study.param_names import LEARNER_KEY, SEED_KEY, branch_learner, branch_name, split_trial_name
 
 __all__ = ["Param", "SearchSpace", "parse_search_space", "split_trial_name"]
 
@@ -97,6 +97,9 @@ class SearchSpace:
     learners: tuple[str, ...]
     params: tuple[Param, ...]
     description: str = ""
+    #: Training seeds of the study's replicates (``seeds:``), a grid axis; () = none. Not part
+    #: of the file form: the study file holds them.
+    seeds: tuple[int, ...] = ()
 
     def __call__(self, trial: Any) -> dict[str, Any] | None:
         if len(self.learners) > 1:
@@ -106,6 +109,8 @@ class SearchSpace:
         for p in self.params:
             if learner in p.learners:
                 p.suggest(trial)
+        if self.seeds:
+            trial.suggest_categorical(SEED_KEY, list(self.seeds))
         return {LEARNER_KEY: learner} if len(self.learners) == 1 else None
 
     def for_learner(self, learner: str) -> list[Param]:
@@ -122,6 +127,8 @@ class SearchSpace:
             axes[LEARNER_KEY] = list(self.learners)
         for p in self.params:
             axes[p.name] = list(p.choices)
+        if self.seeds:
+            axes[SEED_KEY] = list(self.seeds)
         return axes
 
     def grid_size(self) -> int:

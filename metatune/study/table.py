@@ -15,8 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from metatune.study.param_names import SEED_KEY
 from metatune.study.published import PublishedTable
 from metatune.study.records import TrialRecord, TrialStatus
+from metatune.study.replicates import config_key, seed_of, spread
 
 __all__ = ["Cell", "StudyTable", "build_table"]
 
@@ -32,12 +34,25 @@ class Cell:
     trials: int = 0
     trial_id: str | None = None
     published: tuple[float, float] | None = None
+    #: Seed replicates: the completed seeds averaged, their sd (n - 1), the trials shown, and
+    #: how many seeds of the configuration diverged. ``ci95`` is then the mean per-seed CI.
+    seeds: int = 1
+    seed_sd: float | None = None
+    trial_ids: list[str] = field(default_factory=list)
+    diverged_seeds: int = 0
+    seeded: bool = False
 
     def text(self) -> str:
         if self.status == TrialStatus.DIVERGED:
             return TrialStatus.DIVERGED.value
         if self.mean is None:
             return {"empty": "", TrialStatus.COMPLETED.value: "n/a"}.get(self.status, str(self.status))
+        if self.seeded:  # "0.575 ± 0.055 (3 seeds, CI ± 0.060)": ± is the across-seed sd
+            sd = f" ± {self.seed_sd:.3f}" if self.seed_sd is not None else ""
+            ci = f", CI ± {self.ci95:.3f}" if self.ci95 is not None else ""
+            div = f", {self.diverged_seeds} diverged" if self.diverged_seeds else ""
+            seeds = f"{self.seeds} seed{'s' if self.seeds != 1 else ''}"
+            return f"{self.mean:.3f}{sd} ({seeds}{ci}{div})" if abs(self.mean) < 1000 else f"{self.mean:.4g}{sd} ({seeds}{div})"
         ci = f" ± {_fmt_value(self.ci95)}" if self.ci95 is not None else ""
         return f"{_fmt_value(self.mean)}{ci}"
 
@@ -81,6 +96,10 @@ class StudyTable:
                 "trial_id",
                 "published_mean",
                 "published_ci95",
+                "seeds",
+                f"{self.value}_seed_sd",
+                "diverged_seeds",
+                "trial_ids",
             ]
         )
         for row in self.rows:
@@ -98,6 +117,10 @@ class StudyTable:
                         c.trial_id or "",
                         _num(pub[0]),
                         _num(pub[1]),
+                        c.seeds if c.mean is not None else 0,
+                        _num(c.seed_sd),
+                        c.diverged_seeds,
+                        " ".join(c.trial_ids),
                     ]
                 )
         return buf.getvalue()
@@ -118,6 +141,12 @@ class StudyTable:
                     cols.append(f"{c.published[0]:.2f} ± {c.published[1]:.2f}" if c.published else "")
             lines.append("| " + " | ".join(cols) + " |")
         out = "\n".join(lines) + "\n"
+        if any(c.seeded for c in self.cells.values()):
+            out += (
+                "\nOurs: mean over training seeds ± the across-seed standard deviation (n - 1), with the "
+                "number of seeds and the mean per-seed 95% CI over test tasks; published: mean ± 95% CI "
+                "over test tasks of one training run.\n"
+            )
         if self.title:
             out = f"**{self.title}**\n\n" + out
         if self.baseline is not None:
@@ -140,6 +169,65 @@ def _sort_key(v: Any) -> tuple[int, Any]:
     return (1, str(v))
 
 
+def _observations(
+    records: Sequence[TrialRecord], *, rows: str, value: str
+) -> list[tuple[Any, TrialRecord, float | None, float | None]]:
+    """(row value, trial, its value, its 95 % CI) for every cell a trial contributes to:
+    one for a searched knob or 'best', one per test K for 'shots'."""
+    out: list[tuple[Any, TrialRecord, float | None, float | None]] = []
+    for r in records:
+        if rows == "shots":
+            curves = r.curves or {}
+            shots = curves.get("shots") or []
+            means = curves.get("accuracy_by_shots" if value == "test_accuracy" else "loss_by_shots") or []
+            cis = [] if value == "test_accuracy" else curves.get("loss_by_shots_ci95") or []
+            for i, k in enumerate(shots):
+                out.append((int(k), r, means[i] if i < len(means) else None, cis[i] if i < len(cis) else None))
+            if not shots:  # not evaluated yet (running, diverged): it still counts in its learner's rows
+                out.append((None, r, None, None))
+            continue
+        rv = "best" if rows == "best" else r.value(rows)
+        if rv is not None:
+            out.append((rv, r, getattr(r, value), getattr(r, f"{value}_ci95", None)))
+    return out
+
+
+_STATUS_ORDER = [TrialStatus.DIVERGED, TrialStatus.STOPPED, TrialStatus.ERROR, TrialStatus.RUNNING, TrialStatus.PENDING]
+
+
+def _fill(cell: Cell, obs: list[tuple[TrialRecord, float | None, float | None]], *, sign: float) -> None:
+    """A cell from its trials: the configuration with the best mean objective over its
+    completed seeds, shown as its mean over seeds; else the most telling unfinished status."""
+    by_config: dict[str, list[tuple[TrialRecord, float | None, float | None]]] = {}
+    for o in obs:
+        by_config.setdefault(config_key(o[0]), []).append(o)
+    scored = []
+    for key, items in by_config.items():
+        done = [o for o in items if o[0].status == TrialStatus.COMPLETED]
+        objs = [o[0].objective for o in done if o[0].objective is not None and math.isfinite(o[0].objective)]
+        if done:
+            scored.append((sign * (sum(objs) / len(objs)) if objs else math.inf, key, items, done))
+    if scored:
+        _, _, items, done = min(scored, key=lambda t: (t[0], t[1]))
+        sp = spread((v, c) for _, v, c in done)
+        cell.status = TrialStatus.COMPLETED
+        cell.trial_ids = [o[0].trial_id for o in sorted(done, key=lambda o: (seed_of(o[0]) or 0))]
+        cell.trial_id = cell.trial_ids[0]
+        cell.diverged_seeds = sum(o[0].status == TrialStatus.DIVERGED for o in items)
+        cell.seeded = any(seed_of(o[0]) is not None and o[0].params.get(SEED_KEY) is not None for o in items)
+        if sp is None:
+            if any(o[0].curves.get("loss_by_shots") for o in done):
+                cell.status = TrialStatus.DIVERGED  # finished, but the test inner loop blew up
+            return
+        cell.mean, cell.ci95, cell.seed_sd, cell.seeds = sp.mean, sp.ci95, sp.sd, sp.seeds
+        return
+    statuses = {o[0].status for o in obs}
+    cell.status = next((st for st in _STATUS_ORDER if st in statuses), "empty")
+    first = next((o[0] for o in obs if o[0].status == cell.status), None)
+    cell.trial_id = first.trial_id if first is not None else None
+    cell.diverged_seeds = sum(o[0].status == TrialStatus.DIVERGED for o in obs)
+
+
 def build_table(
     records: Sequence[TrialRecord],
     *,
@@ -151,22 +239,20 @@ def build_table(
     title: str = "",
     baseline: tuple[str, float] | None = None,
 ) -> StudyTable:
-    """Group trials by (row value, learner). Several trials in one cell (a sweep) show the one
-    with the best objective among those that did not diverge."""
-    ci_key = f"{value}_ci95"
-    groups: dict[tuple[str, str], list[TrialRecord]] = {}
+    """Group trials by (row value, learner). Seed replicates of one configuration are one
+    value (mean over seeds ± across-seed sd); several configurations in one cell (a sweep)
+    show the one with the best mean objective."""
+    groups: dict[tuple[str, str], list[tuple[TrialRecord, float | None, float | None]]] = {}
     row_values: dict[str, Any] = {}
-    for r in records:
-        rv = "best" if rows == "best" else r.value(rows)
+    for rv, r, v, c in _observations(records, rows=rows, value=value):
         if rv is None:
             continue
-        key = (_fmt_row(rv), r.learner)
-        groups.setdefault(key, []).append(r)
+        groups.setdefault((_fmt_row(rv), r.learner), []).append((r, v, c))
         row_values.setdefault(_fmt_row(rv), rv)
     if published is not None and rows != "best":
         for pr in published.cells:
-            row_values.setdefault(_fmt_row(float(pr)), float(pr))
-    ordered = sorted(row_values.values(), key=_sort_key)
+            row_values.setdefault(_fmt_row(float(pr) if rows != "shots" else int(pr)), float(pr) if rows != "shots" else int(pr))
+    ordered = sorted(row_values.values(), key=_sort_key if rows != "shots" else (lambda v: (0, float(v))))
     table = StudyTable(
         rows_axis=rows, value=value, learners=list(learners), rows=ordered, published=published, title=title,
         baseline=baseline,
@@ -175,30 +261,11 @@ def build_table(
     for row in ordered:
         for learner in learners:
             key = (_fmt_row(row), learner)
-            trials = groups.get(key, [])
-            cell = Cell(row, learner, trials=len(trials))
+            obs = groups.get(key, [])
+            cell = Cell(row, learner, trials=len(obs))
             if published is not None and rows != "best":
                 cell.published = published.get(row, learner)
-            done = [t for t in trials if t.status == TrialStatus.COMPLETED]
-            if done:
-                best = min(
-                    done, key=lambda t: sign * (t.objective if t.objective is not None else math.inf * sign)
-                )
-                cell.mean, cell.ci95 = getattr(best, value), getattr(best, ci_key)
-                cell.status, cell.trial_id = TrialStatus.COMPLETED, best.trial_id
-                if cell.mean is None and best.curves.get("loss_by_shots"):
-                    cell.status = TrialStatus.DIVERGED  # finished, but the test inner loop blew up
-            elif trials:
-                order = [
-                    TrialStatus.DIVERGED,
-                    TrialStatus.STOPPED,
-                    TrialStatus.ERROR,
-                    TrialStatus.RUNNING,
-                    TrialStatus.PENDING,
-                ]
-                statuses = {t.status for t in trials}
-                cell.status = next((s for s in order if s in statuses), "empty")
-                first = next(t for t in trials if t.status == cell.status)
-                cell.trial_id = first.trial_id
+            if obs:
+                _fill(cell, obs, sign=sign)
             table.cells[key] = cell
     return table
