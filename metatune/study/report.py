@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from metatune.atomic_files import write_atomic
+from metatune.config import EvaluationConfig
 from metatune.study._mlflow import Tracker, redact_uri
 from metatune.study.export import trainable_config
 from metatune.study.published import PUBLISHED
@@ -43,7 +44,7 @@ def study_table(study: Study, records: Sequence[TrialRecord]) -> StudyTable:
     )
     title = f"{study.name}: {study.spec.table.value} at {at} after {ev.inner_steps or 'training'} inner steps, {spread}"
     pub = PUBLISHED.get(study.spec.table.published) if study.spec.table.published else None
-    baseline = _baseline(study.base[study.learners[0]]["task"]) if study.spec.table.value == "test_loss" else None
+    baseline = _baseline(study.base[study.learners[0]]["task"], ev, value=study.spec.table.value)
     return build_table(
         records,
         rows=study.table_rows,
@@ -59,15 +60,25 @@ def study_table(study: Study, records: Sequence[TrialRecord]) -> StudyTable:
 _BASELINES: dict[str, tuple[str, float] | None] = {}
 
 
-def _baseline(task: dict[str, Any]) -> tuple[str, float] | None:
-    """The task's trivial baseline, built once per task section (an image task scans folders)."""
-    key = json.dumps(task, sort_keys=True, default=str)
+def _baseline(task: dict[str, Any], ev: EvaluationConfig, *, value: str) -> tuple[str, float] | None:
+    """The best trivial predictor on the study's own test tasks (same stream, seed, split and
+    K as the table), computed once per task and evaluation (an image task scans folders)."""
+    key = json.dumps([task, ev.tasks, ev.seed, ev.split, value], sort_keys=True, default=str)
     if key not in _BASELINES:
+        from metatune.baselines import trivial_baselines
         from metatune.tasks import build_task
 
         try:
-            _BASELINES[key] = build_task(dict(task)).trivial_baseline()
+            dist = build_task(dict(task))
+            found = trivial_baselines(dist, tasks=ev.tasks, shots=dist.shots, seed=ev.seed, split=ev.split)
+            if value == "test_accuracy":
+                best = max((b for b in found if b.accuracy is not None), key=lambda b: b.accuracy or 0.0)
+                _BASELINES[key] = (best.name, float(best.accuracy or 0.0))
+            else:
+                best = min(found, key=lambda b: b.loss)
+                _BASELINES[key] = (f"{best.name}, on the same {ev.tasks} test tasks", best.loss)
         except Exception:  # noqa: BLE001 - a frame for the table, never a reason to fail it
+            log.warning("no trivial baseline for task %s", task.get("name"), exc_info=True)
             _BASELINES[key] = None
     return _BASELINES[key]
 
