@@ -238,11 +238,25 @@ def test_shipped_studies_are_valid(path):
 
 def test_step_size_study_is_table_6_2():
     s = load_study(ROOT / "studies" / "mtnet_step_size.yaml")
-    assert s.num_trials == 18 and set(s.learners) == {"maml", "tnet", "mtnet"}
+    assert s.num_trials == 18 * 3 and set(s.learners) == {"maml", "tnet", "mtnet"}
     assert [p.choices for p in s.space.params] == [(1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)]
-    cfg = s.run_config_for({"learner": "mtnet", "inner_lr": 10.0})
+    assert s.space.seeds == (0, 1, 2)
+    cfg = s.run_config_for({"learner": "mtnet", "inner_lr": 10.0, "seed": 2})
     assert cfg["training"]["iterations"] == 60000 and cfg["training"]["meta_batch"] == 4
-    assert cfg["task"] == {"name": "sine", "protocol": "metasgd", "shots": 10}
+    assert cfg["task"] == {"name": "sine", "protocol": "metasgd", "shots": 10} and cfg["seed"] == 2
+
+
+def test_a_shipped_study_copied_anywhere_finds_its_search_space(tmp_path, monkeypatch):
+    copy = tmp_path / "elsewhere" / "mine.yaml"
+    copy.parent.mkdir()
+    copy.write_text((ROOT / "studies" / "mtnet_step_size.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    s = load_study(copy)
+    assert [p.choices for p in s.space.params] == [(1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)]
+    # A file of the user's own beside the copy wins over the shipped one.
+    (copy.parent / "search_spaces").mkdir()
+    (copy.parent / "search_spaces" / "step_size_grid.yaml").write_text("params: {inner_lr: {grid: [0.5]}}\n")
+    assert [p.choices for p in load_study(copy).space.params] == [(0.5,)]
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)

@@ -47,7 +47,8 @@ def execute(study: Study, args: argparse.Namespace, *, resume: bool) -> int:
     s = study.spec
     print(
         f"study '{study.name}': {study.num_trials} trials of {', '.join(study.learners)} "
-        + (f"({len(s.replicate_seeds)} seeds each) " if s.replicate_seeds else "")
+        + (f"({study.num_trials // len(s.replicate_seeds)} configurations x {len(s.replicate_seeds)} seeds) "
+           if s.replicate_seeds else "")
         + f"(sampler {s.sampler.name}, scheduler {s.scheduler.name}, objective {study.metric} {study.mode}, "
         f"{s.resources.cpus:g} CPU"
         + (f" + {s.resources.gpus:g} GPU" if s.resources.gpus else "")

@@ -56,11 +56,16 @@ def _learner_overrides(spec: StudySpec) -> dict[str, dict[str, Any]]:
     return items
 
 
+#: The checkout metatune runs from: a shipped study copied elsewhere still finds its shipped
+#: search space (``search_spaces/...``) there.
+_SHIPPED_ROOT = Path(__file__).resolve().parents[2]
+
+
 def _find_file(ref: str, source_dir: Path, cwd: Path) -> Path | None:
     p = Path(ref).expanduser()
     if p.is_absolute():
         return p if p.is_file() else None
-    for base in (source_dir, source_dir.parent, cwd):
+    for base in (source_dir, source_dir.parent, cwd, _SHIPPED_ROOT):
         if (base / p).is_file():
             return (base / p).resolve()
     return None
@@ -173,7 +178,7 @@ def _resolve_space(
             raise ConfigError(
                 "search_space",
                 f"file not found: {spec.search_space!r} (looked beside the study, in its parent "
-                f"folder and in {cwd})",
+                f"folder, in {cwd} and among metatune's shipped files in {_SHIPPED_ROOT})",
             )
         space = load_search_space_file(path, study_learners=list(overrides))
     else:
