@@ -279,3 +279,38 @@ def test_a_setting_declared_not_searchable_is_refused_by_a_search_space():
     with pytest.raises(ConfigError, match="'mode' is not searchable") as info:
         _param("mode", "mode", ["maml"], ["a", "b"], fixed, "params.mode")
     assert info.value.field == "params.mode"
+
+
+def test_variants_of_one_learner_are_compared_side_by_side(tmp_path):
+    s = parse_study(
+        {
+            "name": "variants",
+            "task": {"name": "avg_threshold", "shots": 10},
+            "model": {"name": "linear"},
+            "learners": {
+                "maml": {},
+                "wormhole_tanh": {"learner": "wormhole", "wormhole_c_form": "tanh"},
+                "wormhole_diagw": {"learner": "wormhole", "wormhole_c_form": "diag_weight"},
+            },
+            "search_space": {"params": {"inner_steps": {"grid": [1, 2]}}},
+            "sampler": {"name": "grid"},
+            "training": {"iterations": 20, "eval_every": 10},
+            "storage": str(tmp_path / "v"),
+        },
+        source="v.yaml",
+        cwd=tmp_path,
+    )
+    assert s.learners == ("maml", "wormhole_tanh", "wormhole_diagw") and s.num_trials == 6
+    cfg = s.run_config_for({"learner": "wormhole_diagw", "inner_steps": 2})
+    assert cfg["learner"] == {"name": "wormhole", "wormhole_c_form": "diag_weight", "inner_steps": 2}
+    s.write_frozen()
+    from metatune.study.spec import open_study
+
+    again = open_study(s.dir)
+    assert again.run_config_for({"learner": "wormhole_tanh", "inner_steps": 1})["learner"]["wormhole_c_form"] == "tanh"
+    bad = {"name": "v", "task": {"name": "sine"}, "learners": {"x": {"learner": "nope"}}}
+    with pytest.raises(ConfigError, match="learners.x.learner"):
+        parse_study(bad, source="v.yaml", cwd=tmp_path)
+    wrong = {"name": "v", "task": {"name": "sine"}, "learners": {"maml": {}, "w": {"learner": "wormhole", "mask_temperature": 1.0}}}
+    with pytest.raises(ConfigError, match="learners.w.mask_temperature"):
+        parse_study(wrong, source="v.yaml", cwd=tmp_path)

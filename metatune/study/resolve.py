@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,9 @@ __all__ = ["load_study", "open_study", "parse_study"]
 
 
 def _learner_overrides(spec: StudySpec) -> dict[str, dict[str, Any]]:
+    """Learner label -> its fixed settings. A label is a registered learner's name, or any name
+    with ``learner: <registered name>`` inside (a variant: the same learner with other fixed
+    settings, compared side by side, e.g. ``wormhole_tanh: {learner: wormhole, ...}``)."""
     raw = spec.learners
     if isinstance(raw, tuple):
         out: dict[str, dict[str, Any]] = {}
@@ -41,7 +45,6 @@ def _learner_overrides(spec: StudySpec) -> dict[str, dict[str, Any]]:
     else:
         items = {}
         for name, fixed in raw.items():
-            LEARNERS.get(name, field=f"learners.{name}")
             if fixed is None:
                 fixed = {}
             if not isinstance(fixed, Mapping):
@@ -50,10 +53,28 @@ def _learner_overrides(spec: StudySpec) -> dict[str, dict[str, Any]]:
                 )
             if "name" in fixed:
                 raise ConfigError(f"learners.{name}.name", "the learner's name is the key; remove 'name'")
+            kind = fixed.get("learner", name)
+            if not isinstance(kind, str):
+                raise ConfigError(f"learners.{name}.learner", f"expected a learner's name, got {kind!r}")
+            LEARNERS.get(kind, field=f"learners.{name}" + (".learner" if "learner" in fixed else ""))
+            if not _LABEL.fullmatch(name):
+                raise ConfigError(f"learners.{name}", "expected a label of letters, digits and '_'")
             items[name] = dict(fixed)
     if not items:
         raise ConfigError("learners", "expected at least one learner")
     return items
+
+
+_LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def learner_kinds(overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Learner label -> the registered learner it trains."""
+    return {label: str(fixed.get("learner", label)) for label, fixed in overrides.items()}
+
+
+def _settings(fixed: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in fixed.items() if k != "learner"}
 
 
 #: The checkout metatune runs from: a shipped study copied elsewhere still finds its shipped
@@ -170,8 +191,9 @@ def _resolve_space(
 ) -> tuple[SearchSpace, str]:
     """The search space (a file or inline) and how to name where it came from."""
     source_dir = Path(source).resolve().parent if source else cwd
+    kinds = learner_kinds(overrides)
     if spec.search_space is None:
-        space = parse_search_space({}, study_learners=list(overrides), prefix="search_space")
+        space = parse_search_space({}, study_learners=list(overrides), kinds=kinds, prefix="search_space")
     elif isinstance(spec.search_space, str):
         path = _find_file(spec.search_space, source_dir, cwd)
         if path is None:
@@ -180,9 +202,11 @@ def _resolve_space(
                 f"file not found: {spec.search_space!r} (looked beside the study, in its parent "
                 f"folder, in {cwd} and among metatune's shipped files in {_SHIPPED_ROOT})",
             )
-        space = load_search_space_file(path, study_learners=list(overrides))
+        space = load_search_space_file(path, study_learners=list(overrides), kinds=kinds)
     else:
-        space = parse_search_space(spec.search_space, study_learners=list(overrides), prefix="search_space")
+        space = parse_search_space(
+            spec.search_space, study_learners=list(overrides), kinds=kinds, prefix="search_space"
+        )
     space_src = spec.search_space if isinstance(spec.search_space, str) else "the inline search_space"
     for learner, fixed in overrides.items():
         for p in space.for_learner(learner):
@@ -238,7 +262,7 @@ def _base_configs(spec: StudySpec, overrides: Mapping[str, Mapping[str, Any]]) -
         cfg: dict[str, Any] = {
             "seed": spec.seed,
             "task": dict(spec.task),
-            "learner": {"name": learner, **fixed},
+            "learner": {"name": str(fixed.get("learner", learner)), **_settings(fixed)},
             "training": as_plain(spec.training),
             "evaluation": as_plain(spec.evaluation),
             "device": device,

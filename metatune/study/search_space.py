@@ -185,7 +185,7 @@ class SearchSpace:
         return out
 
 
-def _declared(learner: str) -> dict[str, HyperParameter]:
+def _declared_by(learner: str) -> dict[str, HyperParameter]:
     return {**TrainingConfig.knobs(), **LEARNERS.get(learner).declared()}
 
 
@@ -260,11 +260,23 @@ def _param(
 
 
 def parse_search_space(
-    data: Any, *, study_learners: Sequence[str], source: str | None = None, prefix: str = ""
+    data: Any,
+    *,
+    study_learners: Sequence[str],
+    kinds: Mapping[str, str] | None = None,
+    source: str | None = None,
+    prefix: str = "",
 ) -> SearchSpace:
     """Validate a search-space mapping against the study's learners and their declarations.
 
-    ``prefix`` qualifies field names when the space is inline in a study file."""
+    ``kinds`` maps a learner label of the study (a variant such as ``wormhole_tanh``) to the
+    registered learner it trains; ``prefix`` qualifies field names when the space is inline in
+    a study file."""
+    kinds = dict(kinds or {})
+
+    def _declared(learner: str) -> dict[str, HyperParameter]:
+        return _declared_by(kinds.get(learner, learner))
+
     try:
         if data is None:
             data = {}
@@ -284,7 +296,7 @@ def parse_search_space(
         overridden: dict[str, set[str]] = {}
         for learner, knobs in spec.per_learner.items():
             field_ = f"{dot}per_learner.{learner}"
-            LEARNERS.get(learner, field=field_)
+            LEARNERS.get(kinds.get(learner, learner), field=field_)
             if not isinstance(knobs, Mapping):
                 raise ConfigError(field_, f"expected a mapping of hyperparameter ranges, got {knobs!r}")
             if learner not in learners:
@@ -328,7 +340,9 @@ def parse_search_space(
         raise (exc.with_source(source) if source else exc) from None
 
 
-def load_search_space_file(path: Path, *, study_learners: Sequence[str]) -> SearchSpace:
+def load_search_space_file(
+    path: Path, *, study_learners: Sequence[str], kinds: Mapping[str, str] | None = None
+) -> SearchSpace:
     from metatune.config import read_yaml
 
-    return parse_search_space(read_yaml(path), study_learners=study_learners, source=str(path))
+    return parse_search_space(read_yaml(path), study_learners=study_learners, kinds=kinds, source=str(path))
