@@ -16,7 +16,7 @@ from contract_settings import SETTINGS
 from reference import reference
 from torch import Tensor
 
-from metatune.testing import inner_grad
+from metatune.testing import inner_grad, task_loss
 
 # Between them the five settings cover every backbone (tnet keeps the default sine MLP), both
 # resampling schedules for shared and for -full masks, and a temperature other than 1.
@@ -85,7 +85,7 @@ def mtnet_reference(learner, meta: dict, batch, noise: dict, steps: int) -> Tens
     for i in range(batch.num_tasks):
         fast = dict(meta)  # T and zeta stay the meta values
         for j in range(steps):
-            loss = learner.task.loss(learner.backbone.apply(fast, batch.support_x[i]), batch.support_y[i])
+            loss = task_loss(learner, learner.backbone.apply(fast, batch.support_x[i]), batch.support_y[i])
             grads = inner_grad(loss, [fast[k] for k in keys], hp["first_order"])
             new = {}
             for k, g in zip(keys, grads):
@@ -93,5 +93,5 @@ def mtnet_reference(learner, meta: dict, batch, noise: dict, steps: int) -> Tens
                     g = _mask_for(learner, meta, noise, i, j, k) * g
                 new[k] = fast[k] - hp["inner_lr"] * g
             fast.update(new)
-        total = total + learner.task.loss(learner.backbone.apply(fast, batch.query_x[i]), batch.query_y[i])
+        total = total + task_loss(learner, learner.backbone.apply(fast, batch.query_x[i]), batch.query_y[i])
     return total / batch.num_tasks

@@ -140,7 +140,8 @@ def test_a_learner_declaring_hyperparameter_rows_still_works():
         class OldStyle(MAML):
             hyperparameters = (*COMMON, row, mode)
 
-    assert [h.name for h in OldStyle.hyperparameters] == ["inner_lr", "inner_steps", "first_order", "decay", "mode"]
+    assert [h.name for h in OldStyle.hyperparameters] == [
+        "inner_lr", "inner_steps", "first_order", "loss_reduction", "decay", "mode"]
     assert OldStyle.declared()["decay"] == row and OldStyle.declared()["mode"] == mode
     comp = parse_config(GOOD)
     learner = OldStyle(backbone=comp.backbone, task=comp.task, decay=0.25, mode="b")

@@ -96,26 +96,26 @@ class MaskConfig(LearnerConfig):
     """The settings of the learners with masks (M-net, MT-net; the -full ones differ in defaults)."""
 
     mask_temperature: float = setting(
-        1.0, symbol="c", gt=0.0, log=True, search=(0.1, 10.0),
+        1.0, symbol="c", gt=0.0, log=True, search=(0.1, 10.0), source="code",
         help="Gumbel-softmax temperature; changes only the straight-through gradient of zeta",
     )
     mask_eval: Literal["sample", "threshold", "expected"] = setting(
-        "sample", help="masks at evaluation: sampled (faithful), 1[sigmoid(zeta) > 0.5], or soft sigmoid(zeta)",
+        "sample", source="code", help="masks at evaluation: sampled (faithful), 1[sigmoid(zeta) > 0.5], or soft sigmoid(zeta)",
     )
-    mask_resample: Resample = setting("per_task", help=_RESAMPLE_HELP)
+    mask_resample: Resample = setting("per_task", source="code", help=_RESAMPLE_HELP)
     logit_init: float = setting(
-        0.0, symbol="zeta_0", search=(-3.0, 3.0), help="initial mask logit (mean of the init for -full)",
+        0.0, symbol="zeta_0", search=(-3.0, 3.0), source="paper", help="initial mask logit (mean of the init for -full)",
     )
-    logit_init_std_fc: float = setting(0.0, ge=0.0, help=_STD_FC_HELP)
-    logit_init_std_conv: float = setting(0.0, ge=0.0, help=_STD_CONV_HELP)
+    logit_init_std_fc: float = setting(0.0, ge=0.0, source="code", help=_STD_FC_HELP)
+    logit_init_std_conv: float = setting(0.0, ge=0.0, source="code", help=_STD_CONV_HELP)
 
 
 class FullMaskConfig(MaskConfig):
     """M-net-full and MT-net-full: masks re-drawn every step, logits initialised with noise."""
 
-    mask_resample: Resample = setting("per_step", help=_RESAMPLE_HELP)
-    logit_init_std_fc: float = setting(0.1, ge=0.0, help=_STD_FC_HELP)
-    logit_init_std_conv: float = setting(0.01, ge=0.0, help=_STD_CONV_HELP)
+    mask_resample: Resample = setting("per_step", source="code", help=_RESAMPLE_HELP)
+    logit_init_std_fc: float = setting(0.1, ge=0.0, source="code", help=_STD_FC_HELP)
+    logit_init_std_conv: float = setting(0.01, ge=0.0, source="code", help=_STD_CONV_HELP)
 
 
 class MaskedLearner(Learner[AdaptState]):
