@@ -4,7 +4,8 @@ MT-net family (algorithms.md §3): a plain loop over tasks and inner steps with
 ``torch.autograd.grad(create_graph=not first_order)``. The masks are built here from the
 SAME noise tensors (``gumbel/<zeta key>``: logistic g1 - g2, ``[tasks, S, *zeta.shape]``)
 through a hand-written straight-through autograd Function -- forward 1[zeta + g > 0],
-backward d sigmoid((zeta + g) / c) / d zeta = s (1 - s) / c -- and expanded to rows by
+backward d sigmoid((zeta + g) / c) / d zeta = s (1 - s) / c; or, for ``mask_forward: soft``,
+the plain sigmoid((zeta + g) / c) -- and expanded to rows by
 explicit indexing, sharing nothing with the learner but the backbone's forward (which applies
 ``<cell>.T``).
 """
@@ -64,7 +65,10 @@ def _mask_for(learner, meta: dict, noise: dict, task: int, step: int, key: str) 
     zkey = f"zeta/{key}" if learner.full else f"zeta/{cell}.weight"
     g = noise[f"gumbel/{zkey}"][task]
     g = g[step] if hp["mask_resample"] == "per_step" else g[0]
-    m = _StraightThrough.apply(meta[zkey], g, hp["mask_temperature"])
+    if hp["mask_forward"] == "soft":  # eq. 3.9's value, differentiated as it is
+        m = 1.0 / (1.0 + torch.exp(-(meta[zkey] + g) / hp["mask_temperature"]))
+    else:
+        m = _StraightThrough.apply(meta[zkey], g, hp["mask_temperature"])
     if not learner.full:
         # one entry per output row j; the weight row j and the bias entry j share it
         target = meta[key]
@@ -78,6 +82,7 @@ def mtnet_reference(learner, meta: dict, batch, noise: dict, steps: int) -> Tens
     hp = learner.hparams
     keys = [k for c in learner.backbone.cells for k in c.keys]
     masked = learner.name != "tnet"
+    out_keys = set(learner.backbone.cells[-1].keys) if masked and not hp["mask_output"] else set()
     assert ("tnet" in learner.name or "mtnet" in learner.name) == all(
         f"{c.name}.T" in meta for c in learner.backbone.cells
     )
@@ -89,7 +94,7 @@ def mtnet_reference(learner, meta: dict, batch, noise: dict, steps: int) -> Tens
             grads = inner_grad(loss, [fast[k] for k in keys], hp["first_order"])
             new = {}
             for k, g in zip(keys, grads):
-                if masked:
+                if masked and k not in out_keys:
                     g = _mask_for(learner, meta, noise, i, j, k) * g
                 new[k] = fast[k] - hp["inner_lr"] * g
             fast.update(new)
