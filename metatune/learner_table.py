@@ -16,7 +16,7 @@ from metatune.learners.hparams import HyperParameter
 
 __all__ = ["SettingRow", "learner_rows", "markdown_table", "plain_table", "shipped_names"]
 
-_COLUMNS = ("learner", "setting", "symbol", "type", "default", "valid", "search", "help")
+_COLUMNS = ("learner", "setting", "symbol", "type", "default", "source", "valid", "search", "help")
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,8 @@ class SettingRow:
     symbol: str
     type: str
     default: str
+    #: Where the default comes from: paper, code or inferred (algorithms.md's tags); "-": undeclared.
+    source: str
     valid: str
     #: The range a study samples by default ("-" where the setting is not searched by default).
     search: str
@@ -72,7 +74,7 @@ def learner_rows(names: Iterable[str] | None = None) -> list[SettingRow]:
         for h in cls.hyperparameters:
             rows.append(SettingRow(
                 learner=name, setting=h.name, symbol=h.symbol or "-", type=h.kind, default=_default(h),
-                valid=_valid(h), search=_search(h), help=h.help or "-",
+                source=h.source or "-", valid=_valid(h), search=_search(h), help=h.help or "-",
             ))
     return rows
 

@@ -64,7 +64,8 @@ def _hyperparameter(h: HyperParameter) -> Schema:
     if h.default is not None:
         s["default"] = h.default
     symbol = f" ({h.symbol})" if h.symbol else ""
-    s["description"] = f"{h.help}{symbol}".strip()
+    source = f" [{h.source}]" if h.source else ""  # where the default comes from
+    s["description"] = f"{h.help}{symbol}{source}".strip()
     return s
 
 

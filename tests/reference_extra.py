@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from metatune.learners import Learner
 from metatune.tasks import TaskBatch
+from metatune.testing import task_loss
 
 DIGITS_TINY = {"name": "digits", "ways": 2, "shots": 1, "query": 2}
 CONV_TINY = {"name": "conv4", "channels": 4, "blocks": 2}
@@ -38,7 +39,7 @@ SETTINGS["cxgrad"] = {
 
 
 def _loss(learner: Learner, params: dict, x: Tensor, y: Tensor) -> Tensor:
-    return learner.task.loss(learner.backbone.apply(params, x), y)
+    return task_loss(learner, learner.backbone.apply(params, x), y)
 
 
 # ----------------------------------------------------------------------------- Wormhole
@@ -58,7 +59,7 @@ def wormhole_reference(learner: Learner, meta: dict, batch: TaskBatch, noise: di
         sx, sy = batch.support_x[i], batch.support_y[i]
         # raw C: one tensor per selected cell key (shared tensors for scalar/tanh/diag_layer).
         if form == "tanh":
-            raw = [torch.tensor(math.atanh(hp["wormhole_tanh_init"]), dtype=dtype, requires_grad=True)]
+            raw = [torch.tensor(math.atanh(hp["wormhole_c_init"]), dtype=dtype, requires_grad=True)]
         elif form == "scalar":
             raw = [torch.tensor(hp["wormhole_c_init"], dtype=dtype, requires_grad=True)]
         elif form == "diag_layer":

@@ -4,7 +4,8 @@ MT-net family (algorithms.md §3): a plain loop over tasks and inner steps with
 ``torch.autograd.grad(create_graph=not first_order)``. The masks are built here from the
 SAME noise tensors (``gumbel/<zeta key>``: logistic g1 - g2, ``[tasks, S, *zeta.shape]``)
 through a hand-written straight-through autograd Function -- forward 1[zeta + g > 0],
-backward d sigmoid((zeta + g) / c) / d zeta = s (1 - s) / c -- and expanded to rows by
+backward d sigmoid((zeta + g) / c) / d zeta = s (1 - s) / c; or, for ``mask_forward: soft``,
+the plain sigmoid((zeta + g) / c) -- and expanded to rows by
 explicit indexing, sharing nothing with the learner but the backbone's forward (which applies
 ``<cell>.T``).
 """
@@ -16,7 +17,7 @@ from contract_settings import SETTINGS
 from reference import reference
 from torch import Tensor
 
-from metatune.testing import inner_grad
+from metatune.testing import inner_grad, task_loss
 
 # Between them the five settings cover every backbone (tnet keeps the default sine MLP), both
 # resampling schedules for shared and for -full masks, and a temperature other than 1.
@@ -64,7 +65,10 @@ def _mask_for(learner, meta: dict, noise: dict, task: int, step: int, key: str) 
     zkey = f"zeta/{key}" if learner.full else f"zeta/{cell}.weight"
     g = noise[f"gumbel/{zkey}"][task]
     g = g[step] if hp["mask_resample"] == "per_step" else g[0]
-    m = _StraightThrough.apply(meta[zkey], g, hp["mask_temperature"])
+    if hp["mask_forward"] == "soft":  # eq. 3.9's value, differentiated as it is
+        m = 1.0 / (1.0 + torch.exp(-(meta[zkey] + g) / hp["mask_temperature"]))
+    else:
+        m = _StraightThrough.apply(meta[zkey], g, hp["mask_temperature"])
     if not learner.full:
         # one entry per output row j; the weight row j and the bias entry j share it
         target = meta[key]
@@ -78,6 +82,7 @@ def mtnet_reference(learner, meta: dict, batch, noise: dict, steps: int) -> Tens
     hp = learner.hparams
     keys = [k for c in learner.backbone.cells for k in c.keys]
     masked = learner.name != "tnet"
+    out_keys = set(learner.backbone.cells[-1].keys) if masked and not hp["mask_output"] else set()
     assert ("tnet" in learner.name or "mtnet" in learner.name) == all(
         f"{c.name}.T" in meta for c in learner.backbone.cells
     )
@@ -85,13 +90,13 @@ def mtnet_reference(learner, meta: dict, batch, noise: dict, steps: int) -> Tens
     for i in range(batch.num_tasks):
         fast = dict(meta)  # T and zeta stay the meta values
         for j in range(steps):
-            loss = learner.task.loss(learner.backbone.apply(fast, batch.support_x[i]), batch.support_y[i])
+            loss = task_loss(learner, learner.backbone.apply(fast, batch.support_x[i]), batch.support_y[i])
             grads = inner_grad(loss, [fast[k] for k in keys], hp["first_order"])
             new = {}
             for k, g in zip(keys, grads):
-                if masked:
+                if masked and k not in out_keys:
                     g = _mask_for(learner, meta, noise, i, j, k) * g
                 new[k] = fast[k] - hp["inner_lr"] * g
             fast.update(new)
-        total = total + learner.task.loss(learner.backbone.apply(fast, batch.query_x[i]), batch.query_y[i])
+        total = total + task_loss(learner, learner.backbone.apply(fast, batch.query_x[i]), batch.query_y[i])
     return total / batch.num_tasks

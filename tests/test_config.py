@@ -140,7 +140,8 @@ def test_a_learner_declaring_hyperparameter_rows_still_works():
         class OldStyle(MAML):
             hyperparameters = (*COMMON, row, mode)
 
-    assert [h.name for h in OldStyle.hyperparameters] == ["inner_lr", "inner_steps", "first_order", "decay", "mode"]
+    assert [h.name for h in OldStyle.hyperparameters] == [
+        "inner_lr", "inner_steps", "first_order", "loss_reduction", "decay", "mode"]
     assert OldStyle.declared()["decay"] == row and OldStyle.declared()["mode"] == mode
     comp = parse_config(GOOD)
     learner = OldStyle(backbone=comp.backbone, task=comp.task, decay=0.25, mode="b")
@@ -148,3 +149,27 @@ def test_a_learner_declaring_hyperparameter_rows_still_works():
     for bad, words in ((0.0, "expected a value > 0"), (1.5, "expected a value <= 1"), ("x", "expected a number")):
         with pytest.raises(ConfigError, match=words):
             OldStyle(backbone=comp.backbone, task=comp.task, decay=bad)
+
+
+def test_fc_init_readings():
+    """``model.init``: the truncated normal of the reference code (default, b = 0) or nn.Linear's
+    own init, value for value (same seed, same draws in the same order)."""
+    import torch
+
+    def meta(init: str | None, model: str = "linear") -> dict:
+        section = {"name": model, **({"init": init} if init else {})}
+        comp = parse_config({"seed": 0, "task": {"name": "avg_threshold"}, "model": section,
+                             "learner": {"name": "maml"}})
+        return comp.learner.backbone.init_params(generator=torch.Generator().manual_seed(7))
+
+    default = meta(None)
+    assert torch.equal(default["out.bias"], torch.zeros(1)) and default["out.weight"].abs().max() <= 0.02
+    torch.manual_seed(7)
+    reference = torch.nn.Linear(5, 1)
+    mine = meta("torch")
+    assert torch.equal(mine["out.weight"], reference.weight.detach())
+    assert torch.equal(mine["out.bias"], reference.bias.detach())
+    mlp = meta("torch", "mlp")  # the MLP takes it too: 5 -> 40 -> 40 -> 1
+    assert mlp["fc1.weight"].abs().max() <= 1 / 40 ** 0.5 and mlp["fc1.bias"].abs().max() > 0
+    with pytest.raises(ConfigError, match=r"^field 'model.init': expected one of"):
+        meta("kaiming")

@@ -36,6 +36,20 @@ def test_every_declared_setting_has_a_row_with_its_declaration():
     assert {r.setting: r for r in rows if r.learner == "maml"}["inner_lr"].valid == "(0, inf]"
 
 
+def test_every_shipped_setting_names_its_source():
+    """Each default says where it comes from (algorithms.md's tags); a typo is refused."""
+    import pytest
+
+    from metatune.learners.hparams import setting
+
+    rows = learner_rows(shipped_names())
+    assert {r.source for r in rows} == {"paper", "code", "inferred"}
+    missing = [f"{r.learner}.{r.setting}" for r in rows if r.source == "-"]
+    assert not missing, f"settings without a source: {missing}"
+    with pytest.raises(TypeError, match="source must be one of"):
+        setting(1.0, source="papers")  # type: ignore[arg-type]
+
+
 def test_cli_prints_the_table_and_refuses_an_unknown_learner():
     run = [sys.executable, "-m", "metatune.cli", "learners"]
     out = subprocess.run([*run, "maml", "mtnet"], capture_output=True, text=True, timeout=120)

@@ -4,18 +4,22 @@ modes and what the inner loop adapts."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
+from test_learner_contract import case_for
 from torch.func import vmap
 
 from metatune.config import parse_config
 from metatune.engine import meta_gradient
+from metatune.errors import ConfigError
 from metatune.evaluate import evaluate
 from metatune.learners import LEARNERS
 from metatune.learners.mtnet import EXPECTED, GUMBEL, MTNet, TNet
 from metatune.models import Linear
+from metatune.testing import build_components, check_meta_gradient
 
 FAMILY = ["tnet", "mnet", "mtnet", "mnet_full", "mtnet_full"]
 MASKED = ["mnet", "mtnet", "mnet_full", "mtnet_full"]
@@ -57,7 +61,7 @@ def test_registered_with_declared_hyperparameters():
     for name in FAMILY:
         declared = LEARNERS.get(name).declared()
         assert {"inner_lr", "inner_steps", "first_order"} <= set(declared)
-    assert set(LEARNERS.get("tnet").declared()) == {"inner_lr", "inner_steps", "first_order"}
+    assert set(LEARNERS.get("tnet").declared()) == {"inner_lr", "inner_steps", "first_order", "loss_reduction"}
     for name in MASKED:
         d = LEARNERS.get(name).declared()
         assert d["mask_temperature"].default == 1.0 and d["mask_temperature"].log
@@ -65,6 +69,7 @@ def test_registered_with_declared_hyperparameters():
         assert d["mask_temperature"].search == (0.1, 10.0)
         assert d["mask_eval"].default == "sample"
         assert d["mask_resample"].default == ("per_step" if name.endswith("_full") else "per_task")
+        assert d["mask_forward"].default == "hard" and d["mask_output"].default is True
 
 
 def test_init_identity_T_and_logits():
@@ -392,3 +397,53 @@ def test_noise_drawn_for_fewer_steps_than_run_is_an_error_naming_the_learner(nam
         # Evaluation noise (threshold masks: zeros) follows the same rule and gives the same masks.
         zeros = learner.sample_noise(3, generator=gen, meta_params=meta, steps=10, training=False)
         assert torch.isfinite(learner.batched(meta, batch, zeros, steps=10)["loss"]).all()
+
+
+# ----------------------------------------------------------------------------- readings
+@pytest.mark.parametrize("name", MASKED)
+@pytest.mark.parametrize("hp", [{"mask_forward": "soft"}, {"mask_output": False},
+                                {"mask_forward": "soft", "mask_output": False}])
+def test_mask_readings_match_the_reference(name, hp):
+    """Eq. 3.9's soft mask value and the unmasked output cell, against the per-task reference."""
+    case = dataclasses.replace(case_for(name), hparams={**case_for(name).hparams, **hp})
+    if case.model["name"] == "linear" and not hp.get("mask_output", True):
+        with pytest.raises(ConfigError, match=r"^field 'learner.mask_output': false leaves 'linear'"):
+            build_components(case, steps=1)
+        return
+    check_meta_gradient(case, steps=2, first_order=False)
+
+
+def test_soft_masks_take_the_gumbel_softmax_value():
+    hard, soft = make("mtnet", mask_temperature=0.5), make("mtnet", mask_temperature=0.5, mask_forward="soft")
+    gen = torch.Generator().manual_seed(1)
+    meta = init(hard)
+    noise = hard.sample_noise(1, generator=gen, meta_params=meta, steps=1)
+    for k, m in soft.zeta_masks(meta, one(noise), 0).items():
+        z = meta[k] + noise[GUMBEL + k][0, 0]
+        assert torch.allclose(m, torch.sigmoid(z / 0.5), rtol=1e-12) and ((m > 0) & (m < 1)).all()
+        assert torch.equal(hard.zeta_masks(meta, one(noise), 0)[k], (z > 0).to(F64))
+    # threshold masks at evaluation stay 0/1 under the soft reading
+    thr = make("mtnet", mask_forward="soft", mask_eval="threshold")
+    nt = thr.sample_noise(1, generator=gen, meta_params=meta, steps=1, training=False)
+    for k, m in thr.zeta_masks(meta, one(nt), 0).items():
+        assert torch.equal(m, (torch.sigmoid(meta[k]) > 0.5).to(F64))
+
+
+@pytest.mark.parametrize("name", ["mtnet", "mnet_full"])
+def test_unmasked_output_cell_has_no_logits_and_a_plain_step(name):
+    learner = make(name, mask_output=False)
+    meta = init(learner)
+    assert not any(k.startswith("zeta/out.") for k in meta)
+    assert any(k.startswith("zeta/fc0.") for k in meta)
+    gen = torch.Generator().manual_seed(4)
+    for k in learner._zeta_keys:
+        meta[k] = torch.full_like(meta[k], -30.0)  # every masked unit frozen
+    batch = learner.task.sample(1, generator=gen).to(dtype=F64)
+    noise = one(learner.sample_noise(1, generator=gen, meta_params=meta, steps=1))
+    hp = learner.runtime_hparams(dtype=F64)
+    sx, sy = batch.support_x[0], batch.support_y[0]
+    state = learner.init_state(meta, sx, sy, noise, hp=hp)
+    new = learner.inner_step(meta, state, sx, sy, noise, step=0, hp=hp)
+    g = torch.func.grad(lambda w: learner.loss_at(meta, w, sx, sy))(state.w)
+    assert torch.allclose(new.w["out.weight"], meta["out.weight"] - 0.05 * g["out.weight"], rtol=1e-12)
+    assert torch.equal(new.w["fc0.weight"], meta["fc0.weight"])

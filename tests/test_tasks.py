@@ -195,6 +195,28 @@ def test_avg_threshold_labels_are_thresholds_of_the_mean() -> None:
     assert 0.4 < y.mean() < 0.6  # the sign makes the labels balanced overall
 
 
+def test_avg_threshold_tau_range_is_a_setting() -> None:
+    """tau ~ U[threshold] (a task setting): every task's boundary, between the largest mean of
+    one label and the smallest of the other, meets the range; U[0.3, 0.7] leaves few one-label
+    tasks where the paper's U[0, 1] leaves about half."""
+    mixed = {}
+    for rng in ([0.3, 0.7], [0.0, 1.0]):
+        task = build_task({"name": "avg_threshold", "threshold": rng, "shots": 200, "query": 1})
+        assert task.threshold == tuple(rng)
+        batch = task.sample(300, generator=gen(1))
+        m, pos = batch.support_x.double().mean(-1), batch.support_y.bool()
+        both = pos.any(1) & (~pos).any(1)
+        up = torch.where(pos, m, torch.inf).amin(1) > torch.where(~pos, m, -torch.inf).amax(1)  # s = +1
+        lo = torch.where(up, torch.where(~pos, m, -torch.inf).amax(1), torch.where(pos, m, -torch.inf).amax(1))
+        hi = torch.where(up, torch.where(pos, m, torch.inf).amin(1), torch.where(~pos, m, torch.inf).amin(1))
+        assert (lo[both] <= rng[1]).all() and (hi[both] >= rng[0]).all()
+        mixed[rng[0]] = both.float().mean().item()
+    assert mixed[0.3] > 0.9 and mixed[0.0] < 0.8
+    for bad in ([0.7, 0.3], [-0.1, 0.5], [0.5, 1.5], [0.5]):
+        with pytest.raises(ConfigError, match=r"^field 'task.threshold'"):
+            build_task({"name": "avg_threshold", "threshold": bad})
+
+
 # ---------------------------------------------------------------------------------------------
 # wavelet
 # ---------------------------------------------------------------------------------------------

@@ -329,3 +329,41 @@ def test_wormhole_last_layer_on_a_conv_net_matches_reference():
                  model={"name": "digits_conv", "channels": [2, 3], "hidden": 6})
     assert comp.learner.c_keys == ("out.weight", "out.bias")
     assert_matches_reference(comp, 1)
+
+
+@pytest.mark.parametrize(("section", "c0"), [
+    ({}, 0.9),  # neither given: the inferred default, t_0 = atanh(0.9)
+    ({"wormhole_c_init": 0.5}, 0.5),  # C_0 given: t_0 = atanh(C_0)
+    ({"wormhole_c_init": math.tanh(1.0)}, math.tanh(1.0)),
+    ({"wormhole_t_init": 1.0}, math.tanh(1.0)),  # t_0 given: C_0 = tanh(t_0)
+    ({"wormhole_t_init": 1.0, "wormhole_c_init": math.tanh(1.0)}, math.tanh(1.0)),  # both, consistent
+])
+def test_wormhole_tanh_initial_value_readings(section, c0):
+    """Each reading of the tanh form's C_0 is one setting; the learner starts from it and matches
+    the reference (which starts from atanh(wormhole_c_init)); values() parses back unchanged."""
+    comp = build("wormhole", steps=1, hparams={"wormhole_c_form": "tanh", **section})
+    learner = comp.learner
+    assert math.isclose(learner.c_values(learner.init_c(dtype=F64))["c"].item(), c0, rel_tol=1e-12)
+    assert math.isclose(learner.config.wormhole_c_init, c0, rel_tol=1e-12)
+    assert learner.config_class.parse(learner.hparams) == learner.config
+    assert_matches_reference(comp, 1)
+
+
+def test_wormhole_initial_value_is_validated():
+    with pytest.raises(ConfigError, match=r"^field 'learner.wormhole_c_init': the tanh form needs -1 < C_0 < 1"):
+        build("wormhole", steps=1, hparams={"wormhole_c_init": 1.0})
+    with pytest.raises(ConfigError, match=r"^field 'learner.wormhole_t_init': tanh\(1\) = 0.761594 differs"):
+        build("wormhole", steps=1, hparams={"wormhole_t_init": 1.0, "wormhole_c_init": 0.5})
+    with pytest.raises(ConfigError, match=r"^field 'learner.wormhole_t_init': expected a number"):
+        build("wormhole", steps=1, hparams={"wormhole_t_init": "one"})
+    # Other forms take any C_0 (t_0 is the tanh form's only); one value alone (a search range's
+    # end, a grid value) is checked by its own field's rules.
+    assert build("wormhole", steps=1, hparams={"wormhole_c_form": "scalar", "wormhole_c_init": 1.3}).learner
+    assert Wormhole.declared()["wormhole_c_init"].validate(1.3) == 1.3
+
+
+def test_wormhole_defaults_are_the_papers_reading():
+    """One C-step (Alg. 1 line 7), C_0 around 1 for the plain forms."""
+    cfg = Wormhole.config_class.parse({"wormhole_c_form": "scalar"})
+    assert cfg.wormhole_c_steps == 1 and cfg.wormhole_c_init == 1.0
+    assert {h.name: h.source for h in Wormhole.hyperparameters}["wormhole_c_steps"] == "paper"

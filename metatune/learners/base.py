@@ -45,7 +45,7 @@ class Learner(abc.ABC, Generic[StateT]):
 
     Per task (unbatched, run under vmap): ``init_state`` -> ``inner_step`` x n -> ``predict``.
     Meta-loss = mean over tasks of the query loss after the last inner step (algorithms.md
-    §11.6). Randomness (``sample_noise``) is drawn outside vmap from an explicit generator;
+    §11.6); a task's loss is :meth:`loss` (its examples' mean or sum, ``loss_reduction``). Randomness (``sample_noise``) is drawn outside vmap from an explicit generator;
     checks of the call (``check_steps``) run outside vmap too. Nothing under vmap mutates the
     learner or raises.
     """
@@ -183,9 +183,16 @@ class Learner(abc.ABC, Generic[StateT]):
         return {}
 
     # ----------------------------------------------------------------- helpers
+    def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
+        """One task's loss, the one every loss goes through (inner, outer, reported): the task's
+        mean over its examples, or for ``loss_reduction: sum`` that times the number of examples
+        (``target``'s first dim, static under vmap), i.e. the sum of Wormhole eq. 8."""
+        loss = self.task.loss(prediction, target)
+        return loss * target.shape[0] if self.config.loss_reduction == "sum" else loss
+
     def loss_at(self, meta: Params, weights: Params, x: Tensor, y: Tensor) -> Tensor:
         """The task loss of the backbone with ``weights`` (adapted keys) over ``meta``."""
-        return self.task.loss(self.backbone.apply({**meta, **weights}, x), y)
+        return self.loss(self.backbone.apply({**meta, **weights}, x), y)
 
     def support_grad(self, loss_fn: Callable[[Tree], Tensor], params: Tree, *, constant: bool | None = None) -> Tree:
         """Gradient of a per-task support loss w.r.t. ``params``; a constant for the meta-gradient
@@ -218,7 +225,7 @@ class Learner(abc.ABC, Generic[StateT]):
 
         def score(state: StateT) -> None:
             pred = self.predict(meta, state, query_x)
-            losses.append(self.task.loss(pred, query_y))
+            losses.append(self.loss(pred, query_y))
             acc = self.task.accuracy(pred, query_y)
             if acc is not None:
                 accs.append(acc)

@@ -78,22 +78,23 @@ def _default_linear(out_f: int, in_f: int, generator: torch.Generator, dtype: to
 
 class CxGradConfig(LearnerConfig):
     context_lr: float = setting(
-        1.0, symbol="beta (CxGrad)", ge=0.0, log=True, search=(1e-2, 1.0),
+        1.0, symbol="beta (CxGrad)", ge=0.0, log=True, search=(1e-2, 1.0), source="paper",
         help="step size of the context vector nu (Table 5 grid: 0.01, 0.1, 1)",
     )
     context_dim: int = setting(
-        100, symbol="dim(nu)", ge=1, le=4096, search=(32, 128), help="dimension of the context vector nu",
+        100, symbol="dim(nu)", ge=1, le=4096, search=(32, 128), source="paper", help="dimension of the context vector nu",
     )
     context_hidden: int = setting(
-        100, symbol="g_phi hidden", ge=1, le=4096, search=(32, 128), help="hidden width of the scale generator g_phi",
+        100, symbol="g_phi hidden", ge=1, le=4096, search=(32, 128), source="paper",
+        help="hidden width of the scale generator g_phi",
     )
     context_update: Literal["task", "step"] = setting(
-        "task", help="nu carried over the inner steps (task-wise) or reset before every step (step-wise, Table 3)",
+        "task", source="paper", help="nu carried over the inner steps (task-wise) or reset before every step (step-wise, Table 3)",
     )
     cxgrad_detach_first_context_step: bool = setting(
-        True,
-        help="take the first context gradient without a graph, as the authors' code does (source: code; "
-        "false: Alg. 1 as written, not detached; source: paper)",
+        True, source="code",
+        help="take the first context gradient without a graph, as the authors' code does "
+        "(false: Alg. 1 as written, not detached [paper])",
     )
 
 

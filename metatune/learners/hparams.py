@@ -26,12 +26,15 @@ from metatune._fields import build
 from metatune.errors import ConfigError
 
 __all__ = [
-    "COMMON", "FIRST_ORDER", "INNER_LR", "INNER_STEPS", "HyperParameter", "LearnerConfig", "Setting", "Value",
-    "Settings", "config_from_rows", "setting",
+    "COMMON", "FIRST_ORDER", "INNER_LR", "INNER_STEPS", "HyperParameter", "LearnerConfig", "Setting", "Source",
+    "Value", "Settings", "config_from_rows", "setting",
 ]
 
 Value = float | int | bool | str
 Kind = Literal["float", "int", "bool", "categorical"]
+#: Where a setting's default (its reading of the algorithm) comes from, as algorithms.md tags it:
+#: stated in the paper, read in the authors' code, or our reconstruction where both are silent.
+Source = Literal["paper", "code", "inferred"]
 
 
 @dataclass(frozen=True)
@@ -45,17 +48,23 @@ class Setting:
     search: tuple[float, float] | None = None
     #: Whether a search space may sample it at all.
     searchable: bool = True
+    #: Where the default comes from (None: not declared, e.g. a plugin's setting).
+    source: Source | None = None
 
 
 def setting(
     default: Value | None, *, symbol: str = "", help: str = "", gt: float | None = None, ge: float | None = None,
     le: float | None = None, log: bool = False, search: tuple[float, float] | None = None,
-    searchable: bool = True,
+    searchable: bool = True, source: Source | None = None,
 ) -> Any:
     """A :class:`LearnerConfig` field: ``default``, the valid bounds (``gt``/``ge``/``le``) as
     pydantic constraints, and the rest as a :class:`Setting`."""
+    if source is not None and source not in get_args(Source):
+        raise TypeError(f"source must be one of {get_args(Source)}, not {source!r}")
     field: Any = pydantic.Field(default, gt=gt, ge=ge, le=le, description=help or None)
-    field.metadata.append(Setting(symbol=symbol, help=help, log=log, search=search, searchable=searchable))
+    field.metadata.append(Setting(
+        symbol=symbol, help=help, log=log, search=search, searchable=searchable, source=source,
+    ))
     return field
 
 
@@ -82,6 +91,7 @@ class HyperParameter:
     search: tuple[float, float] | None = None
     choices: tuple[str, ...] = ()
     searchable: bool = True
+    source: Source | None = None
     owner: type | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def validate(self, value: object, *, field: str | None = None) -> Value:
@@ -92,7 +102,8 @@ class HyperParameter:
             value = int(value)
         try:
             if isinstance(self.owner, type) and issubclass(self.owner, Settings):
-                return getattr(self.owner.parse({self.name: value}), self.name)
+                # One value alone: its field's own rules, not the rules across settings.
+                return getattr(self.owner.parse({self.name: value}, whole=False), self.name)
             if self.owner is not None:
                 return getattr(build(self.owner, {self.name: value}), self.name)
         except ConfigError as exc:
@@ -134,7 +145,8 @@ def _row(name: str, field: pydantic.fields.FieldInfo, owner: type) -> HyperParam
             high = cast(float, m.le)
     return HyperParameter(
         name, kind, field.default, symbol=meta.symbol, help=meta.help, low=low, high=high, low_open=low_open,
-        log=meta.log, search=meta.search, choices=choices, searchable=meta.searchable, owner=owner,
+        log=meta.log, search=meta.search, choices=choices, searchable=meta.searchable, source=meta.source,
+        owner=owner,
     )
 
 
@@ -172,9 +184,10 @@ class Settings(pydantic.BaseModel):
         return tuple(_row(name, field, cls) for name, field in cls.model_fields.items())
 
     @classmethod
-    def parse(cls, values: Mapping[Any, object], *, learner: str = "", prefix: str = "") -> Self:
+    def parse(cls, values: Mapping[Any, object], *, learner: str = "", prefix: str = "", whole: bool = True) -> Self:
         """``values`` validated, or the first problem as a ConfigError naming ``prefix + key``:
-        an unknown key first (in the file's order), then the fields as declared."""
+        an unknown key first (in the file's order), then the fields as declared, then (when
+        ``values`` is a ``whole`` section) the rules across settings, :meth:`resolved`."""
         for key in values:
             if not isinstance(key, str) or key not in cls.model_fields:
                 known = ", ".join(cls.model_fields)
@@ -182,9 +195,16 @@ class Settings(pydantic.BaseModel):
                     f"{prefix}{key}", f"unknown hyperparameter for learner '{learner}'; expected one of: {known}"
                 )
         try:
-            return cls.model_validate(dict(values))
+            config = cls.model_validate(dict(values))
         except pydantic.ValidationError as exc:
             raise cls._config_error(exc.errors(include_url=False)[0], prefix=prefix) from None
+        return config.resolved(prefix=prefix) if whole else config
+
+    def resolved(self, *, prefix: str = "") -> Self:
+        """The section after the rules that tie settings together (a subclass's: e.g. two
+        settings that give one value two ways); raise ConfigError naming ``prefix + key``.
+        ``model_fields_set`` says which settings the section gave. Default: as validated."""
+        return self
 
     @classmethod
     def _config_error(cls, error: pydantic_core.ErrorDetails, *, prefix: str) -> ConfigError:
@@ -216,12 +236,20 @@ class LearnerConfig(Settings):
     """The settings every learner has; a learner with more subclasses this."""
 
     inner_lr: float = setting(
-        0.01, symbol="alpha", gt=0.0, log=True, search=(1e-4, 10.0), help="inner-loop (adaptation) step size",
+        0.01, symbol="alpha", gt=0.0, log=True, search=(1e-4, 10.0), source="paper",
+        help="inner-loop (adaptation) step size",
     )
     inner_steps: int = setting(
-        1, symbol="n", ge=1, le=100, search=(1, 10), help="inner-loop steps during meta-training",
+        1, symbol="n", ge=1, le=100, search=(1, 10), source="paper", help="inner-loop steps during meta-training",
     )
-    first_order: bool = setting(False, help="treat inner gradients as constants (FOMAML-style)")
+    first_order: bool = setting(
+        False, source="paper", help="treat inner gradients as constants (FOMAML-style)",
+    )
+    loss_reduction: Literal["mean", "sum"] = setting(
+        "mean", source="code",
+        help="a task's loss over its examples, in the inner and outer loss and the reported loss: the mean "
+             "(cbfinn/maml, torch), or the sum (Wormhole eq. 8: = examples x mean)",
+    )
 
 
 def config_from_rows(name: str, rows: Sequence[HyperParameter]) -> type[LearnerConfig]:
@@ -235,12 +263,12 @@ def config_from_rows(name: str, rows: Sequence[HyperParameter]) -> type[LearnerC
         bounds = {} if h.low is None else {"gt" if h.low_open else "ge": h.low}
         fields[h.name] = (annotation, setting(
             h.default, symbol=h.symbol, help=h.help, le=h.high, log=h.log, search=h.search,
-            searchable=h.searchable, **bounds,
+            searchable=h.searchable, source=h.source, **bounds,
         ))
     return pydantic.create_model(name, __base__=LearnerConfig, **fields)
 
 
 _COMMON_ROWS = LearnerConfig.hyperparameters()
-INNER_LR, INNER_STEPS, FIRST_ORDER = _COMMON_ROWS
+INNER_LR, INNER_STEPS, FIRST_ORDER = _COMMON_ROWS[:3]
 #: The settings of every learner, as rows (kept for code that reads them by name).
 COMMON: tuple[HyperParameter, ...] = _COMMON_ROWS

@@ -10,7 +10,7 @@ __all__ = ["FOMAML", "FOMAMLConfig", "MAML"]
 
 
 class FOMAMLConfig(LearnerConfig):
-    first_order: bool = setting(True, help=FIRST_ORDER.help)
+    first_order: bool = setting(True, source="paper", help=FIRST_ORDER.help)
 
 
 class MAML(Learner[AdaptState]):

@@ -18,10 +18,10 @@ PREFIX = "lr/"
 
 class MetaSGDConfig(LearnerConfig):
     alpha_init: Literal["constant", "uniform"] = setting(
-        "constant", help="every alpha = inner_lr (learn2learn), or alpha ~ U[alpha_init_low, alpha_init_high]",
+        "constant", source="code", help="every alpha = inner_lr (learn2learn), or alpha ~ U[alpha_init_low, alpha_init_high]",
     )
-    alpha_init_low: float = setting(0.005, ge=0.0, help="lower bound of the uniform init")
-    alpha_init_high: float = setting(0.1, ge=0.0, help="upper bound of the uniform init")
+    alpha_init_low: float = setting(0.005, ge=0.0, source="inferred", help="lower bound of the uniform init")
+    alpha_init_high: float = setting(0.1, ge=0.0, source="inferred", help="upper bound of the uniform init")
 
 
 class MetaSGD(Learner[AdaptState]):

@@ -26,7 +26,9 @@ logits (zeta, 0) and g1, g2 ~ Gumbel(0, 1), the *forward* value is the hard one-
 and the *backward* pass uses the gradient of the soft value s = sigmoid((zeta + g1 - g2) / c),
 c = ``mask_temperature`` (implemented as ``M = hard + (s - stop_grad(s))``, so the forward
 value is exactly 0 or 1). The temperature therefore changes the zeta gradient only, never the
-forward pass. ``sample_noise`` draws the logistic difference g1 - g2 ~ Logistic(0, 1) (same
+forward pass. ``mask_forward: soft`` is the other reading, eq. 3.9 as written: M = s in value
+and gradient (threshold masks at evaluation stay hard). ``mask_output: false`` (an ablation)
+leaves the output cell unmasked: it has no logits and is adapted with alpha alone. ``sample_noise`` draws the logistic difference g1 - g2 ~ Logistic(0, 1) (same
 law as the difference of two Gumbels) outside vmap, one row per task, under the keys
 ``gumbel/<zeta key>``, shaped ``[tasks, S, *zeta.shape]`` with S = ``steps`` when masks are
 re-sampled every inner step (``mask_resample: per_step``, the code's behaviour for -full) and
@@ -68,19 +70,23 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
+from metatune.errors import ConfigError
 from metatune.learners.base import HParams, Learner, Noise
 from metatune.learners.hparams import LearnerConfig, setting
 from metatune.learners.state import AdaptState
 from metatune.models.base import Cell, Params, truncated_normal
 
 __all__ = [
-    "EXPECTED", "GUMBEL", "ZETA", "FullMaskConfig", "MNet", "MNetFull", "MTNet", "MTNetFull", "MaskConfig",
+    "EXPECTED", "GUMBEL", "THRESHOLD", "ZETA", "FullMaskConfig", "MNet", "MNetFull", "MTNet", "MTNetFull", "MaskConfig",
     "MaskedLearner", "TNet",
 ]
 
 ZETA = "zeta/"
 GUMBEL = "gumbel/"
 EXPECTED = "mask_expected"
+#: Marker of threshold masks at evaluation under ``mask_forward: soft`` (zero noise alone would
+#: give the soft value sigmoid(zeta / c) there, not the threshold).
+THRESHOLD = "mask_threshold"
 
 
 Resample = Literal["per_task", "per_step"]
@@ -96,26 +102,34 @@ class MaskConfig(LearnerConfig):
     """The settings of the learners with masks (M-net, MT-net; the -full ones differ in defaults)."""
 
     mask_temperature: float = setting(
-        1.0, symbol="c", gt=0.0, log=True, search=(0.1, 10.0),
+        1.0, symbol="c", gt=0.0, log=True, search=(0.1, 10.0), source="code",
         help="Gumbel-softmax temperature; changes only the straight-through gradient of zeta",
     )
     mask_eval: Literal["sample", "threshold", "expected"] = setting(
-        "sample", help="masks at evaluation: sampled (faithful), 1[sigmoid(zeta) > 0.5], or soft sigmoid(zeta)",
+        "sample", source="code", help="masks at evaluation: sampled (faithful), 1[sigmoid(zeta) > 0.5], or soft sigmoid(zeta)",
     )
-    mask_resample: Resample = setting("per_task", help=_RESAMPLE_HELP)
+    mask_resample: Resample = setting("per_task", source="code", help=_RESAMPLE_HELP)
     logit_init: float = setting(
-        0.0, symbol="zeta_0", search=(-3.0, 3.0), help="initial mask logit (mean of the init for -full)",
+        0.0, symbol="zeta_0", search=(-3.0, 3.0), source="paper", help="initial mask logit (mean of the init for -full)",
     )
-    logit_init_std_fc: float = setting(0.0, ge=0.0, help=_STD_FC_HELP)
-    logit_init_std_conv: float = setting(0.0, ge=0.0, help=_STD_CONV_HELP)
+    mask_forward: Literal["hard", "soft"] = setting(
+        "hard", source="code",
+        help="mask value in the inner step: hard 0/1 with the soft gradient (straight-through, the code), or "
+             "the soft Gumbel-softmax value itself (thesis eq. 3.9) [paper]",
+    )
+    mask_output: bool = setting(
+        True, source="code", help="whether the output cell is masked too (false: always adapted; an ablation)",
+    )
+    logit_init_std_fc: float = setting(0.0, ge=0.0, source="code", help=_STD_FC_HELP)
+    logit_init_std_conv: float = setting(0.0, ge=0.0, source="code", help=_STD_CONV_HELP)
 
 
 class FullMaskConfig(MaskConfig):
     """M-net-full and MT-net-full: masks re-drawn every step, logits initialised with noise."""
 
-    mask_resample: Resample = setting("per_step", help=_RESAMPLE_HELP)
-    logit_init_std_fc: float = setting(0.1, ge=0.0, help=_STD_FC_HELP)
-    logit_init_std_conv: float = setting(0.01, ge=0.0, help=_STD_CONV_HELP)
+    mask_resample: Resample = setting("per_step", source="code", help=_RESAMPLE_HELP)
+    logit_init_std_fc: float = setting(0.1, ge=0.0, source="code", help=_STD_FC_HELP)
+    logit_init_std_conv: float = setting(0.01, ge=0.0, source="code", help=_STD_CONV_HELP)
 
 
 class MaskedLearner(Learner[AdaptState]):
@@ -131,7 +145,14 @@ class MaskedLearner(Learner[AdaptState]):
         #: adapted key -> (zeta key, whether the zeta is one entry per output row)
         self._mask_of: dict[str, tuple[str, bool]] = {}
         self._cells: dict[str, Cell] = {}
-        for cell in self.backbone.cells:
+        cells = self.backbone.cells
+        if self.use_M and not self.mask_config.mask_output:
+            cells = cells[:-1]  # the output cell: M = 1 and no logits
+            if not cells:
+                raise ConfigError(
+                    "learner.mask_output", f"false leaves '{self.backbone.name}' (one cell) without a masked cell",
+                )
+        for cell in cells:
             for key in cell.keys:
                 if self.full:
                     self._mask_of[key] = (ZETA + key, False)
@@ -190,6 +211,8 @@ class MaskedLearner(Learner[AdaptState]):
             shape = (num_tasks, draws, *meta_params[zk].shape)
             if mode == "threshold":
                 noise[GUMBEL + zk] = torch.zeros(shape, dtype=dtype)
+                if self.mask_config.mask_forward == "soft":
+                    noise[THRESHOLD] = torch.zeros(num_tasks, dtype=dtype)
             else:
                 u = torch.rand(shape, generator=generator, dtype=dtype).clamp_(min=torch.finfo(dtype).tiny)
                 noise[GUMBEL + zk] = torch.log(u) - torch.log1p(-u)
@@ -227,7 +250,10 @@ class MaskedLearner(Learner[AdaptState]):
             logits = zeta + draws[step if draws.shape[0] > 1 else 0]
             hard = (logits > 0).to(zeta.dtype)
             soft = torch.sigmoid(logits / temperature)
-            masks[zk] = hard + (soft - soft.detach())  # value: hard; gradient: that of soft
+            if self.mask_config.mask_forward == "soft" and THRESHOLD not in noise:
+                masks[zk] = soft  # eq. 3.9's value
+            else:
+                masks[zk] = hard + (soft - soft.detach())  # value: hard; gradient: that of soft
         return masks
 
     def masks(self, meta: Params, noise: Noise, step: int, *, hp: HParams | None = None) -> dict[str, Tensor]:
@@ -248,7 +274,7 @@ class MaskedLearner(Learner[AdaptState]):
             return super().step_size(meta, state, noise, step=step, hp=hp)
         lr = hp["inner_lr"] * hp["lr_scale"]
         masks = self.masks(meta, noise, step, hp=hp)
-        return {k: lr * masks[k] for k in state.w}
+        return {k: lr * masks[k] if k in masks else lr for k in state.w}  # unmasked: mask_output false
 
     def task_stats(self, meta: Params, state: AdaptState, noise: Noise) -> dict[str, Tensor]:
         if not self.use_M:

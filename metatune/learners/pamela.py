@@ -83,15 +83,15 @@ def p_key(index: int, cell: Cell) -> str:
 
 class PamelaConfig(LearnerConfig):
     skip_width: int = setting(
-        2, symbol="w", ge=1, le=100, search=(1, 4),
+        2, symbol="w", ge=1, le=100, search=(1, 4), source="paper",
         help="a skip connection every w inner updates, from theta_{t-w} (paper: 2; search [1, n-1])",
     )
     skip_init: float = setting(
-        0.0, symbol="P init", search=(0.0, 0.1),
+        0.0, symbol="P init", search=(0.0, 0.1), source="inferred",
         help="initial value of every skip coefficient P (0 = per-step Meta-SGD at the start)",
     )
     pamela_extra_steps: Literal["reuse_last", "error"] = setting(
-        "reuse_last", help="steps beyond the trained n: reuse Q_{n-1} (no untrained skips), or raise",
+        "reuse_last", source="inferred", help="steps beyond the trained n: reuse Q_{n-1} (no untrained skips), or raise",
     )
 
 

@@ -16,17 +16,20 @@ C parameterisations (``wormhole_c_form``, paper eqs. 3-6):
 experiment). C multiplies a cell's weight *and* bias (the Avg-Threshold analysis writes
 y = sigma(c W^T x) with the bias folded into W) [inferred].
 
-Choices where the paper is silent [inferred, algorithms.md §4.1-4.2]: C-steps run before the
-w-steps (so they happen in :meth:`init_state`, and "0 steps" in an evaluation curve means
-"after the C-steps"); gradient *descent* with alpha (Alg. 1 line 8 has a sign typo); the
-meta-gradient flows through the C-steps (second order) unless ``wormhole_c_first_order``;
-c_0 = ``wormhole_c_init`` (1.0) for scalar/diag forms and tanh(t_0) = ``wormhole_tanh_init``
-(0.9, i.e. t_0 = atanh(0.9) ~ 1.47) for the tanh form. ``lr_scale`` (evaluation robustness
-curve) multiplies alpha only, not the C step size.
+Readings [paper]: one C-step (Alg. 1 line 7 updates C once; the Wavelet set-up says "5 inner
+loops for C_i", so its configs set ``wormhole_c_steps: 5``); C_0 "typically around 1"
+(``wormhole_c_init``, 1.0). Choices where the paper is silent [inferred, algorithms.md
+§4.1-4.2]: C-steps run before the w-steps (so they happen in :meth:`init_state`, and "0 steps"
+in an evaluation curve means "after the C-steps"); gradient *descent* with alpha (Alg. 1 line 8
+has a sign typo); the meta-gradient flows through the C-steps (second order) unless
+``wormhole_c_first_order``; the tanh form's initial value, C_0 = tanh(t_0) < 1, given either
+as C_0 (``wormhole_c_init``) or as t_0 (``wormhole_t_init``), 0.9 (t_0 ~ 1.47) when neither is
+given. ``lr_scale`` (evaluation robustness curve) multiplies alpha only, not the C step size.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -46,31 +49,58 @@ CForm = Literal["scalar", "tanh", "diag_layer", "diag_weight"]
 C_FORMS: tuple[str, ...] = get_args(CForm)
 
 
+_TANH_C0 = 0.9  # C_0 of the tanh form when a section gives neither C_0 nor t_0 [inferred]
+
+
 class WormholeConfig(LearnerConfig):
     wormhole_c_form: CForm = setting(
-        "tanh", symbol="C_i",
+        "tanh", symbol="C_i", source="paper",
         help="parameterisation of the task multiplier: c, tanh(t), one per cell, one per parameter element",
     )
     wormhole_layers: Literal["all", "last"] = setting(
-        "all", help="cells C multiplies: every cell, or only the last linear cell (MNIST experiment)",
+        "all", source="paper", help="cells C multiplies: every cell, or only the last linear cell (MNIST experiment)",
     )
     wormhole_c_steps: int = setting(
-        5, symbol="S_C", ge=0, le=1000, search=(1, 10),
-        help="gradient steps on C before the w-steps (paper's Wavelet set-up: 5)",
+        1, symbol="S_C", ge=0, le=1000, search=(1, 10), source="paper",
+        help="gradient steps on C before the w-steps (Alg. 1: one; the Wavelet set-up: 5)",
     )
     wormhole_c_lr: float = setting(
-        1.0, symbol="gamma", gt=0.0, log=True, search=(1e-2, 10.0), help="step size of the C-steps",
+        1.0, symbol="gamma", gt=0.0, log=True, search=(1e-2, 10.0), source="paper",
+        help="step size of the C-steps (the Wavelet set-up: 1)",
     )
     wormhole_c_init: float = setting(
-        1.0, symbol="c_0", search=(0.5, 1.5), help="initial C of the scalar / diag_layer / diag_weight forms",
+        1.0, symbol="C_0", search=(0.5, 0.99), source="paper",  # a range valid for the tanh form too
+        help="initial C of every form ('typically around 1'); tanh form: |C_0| < 1, t_0 = atanh(C_0), "
+             f"and C_0 = tanh(wormhole_t_init) = {_TANH_C0:g} when the section gives neither",
     )
-    wormhole_tanh_init: float = setting(
-        0.9, symbol="tanh(t_0)", gt=0.0, le=0.999, search=(0.5, 0.99),
-        help="initial C = tanh(t_0) of the tanh form (t_0 = atanh of this)",
+    wormhole_t_init: float = setting(
+        math.atanh(_TANH_C0), symbol="t_0", search=(0.5, 2.0), source="inferred",
+        help="initial t of the tanh form, C_0 = tanh(t_0) (t_0 = 1: C_0 = 0.7616); give it or wormhole_c_init",
     )
     wormhole_c_first_order: bool = setting(
-        False, help="treat the C-step gradients as constants (no meta-gradient through the C-steps)",
+        False, source="inferred",
+        help="treat the C-step gradients as constants (no meta-gradient through the C-steps)",
     )
+
+    def resolved(self, *, prefix: str = "") -> WormholeConfig:
+        """The tanh form's C_0 and t_0 made consistent (C_0 = tanh(t_0)) from whichever the
+        section gives, so that either is one setting in a study and ``values()`` parses back."""
+        if self.wormhole_c_form != "tanh":
+            return self  # t_0 is the tanh form's only
+        given = self.model_fields_set
+        c, t = self.wormhole_c_init, self.wormhole_t_init
+        if "wormhole_c_init" in given and "wormhole_t_init" in given:
+            if not math.isclose(math.tanh(t), c, rel_tol=1e-9, abs_tol=1e-12):
+                raise ConfigError(
+                    f"{prefix}wormhole_t_init",
+                    f"tanh({t:g}) = {math.tanh(t):.6g} differs from wormhole_c_init {c:g}; give one of the two",
+                )
+            return self
+        if "wormhole_c_init" in given:
+            if not -1.0 < c < 1.0:
+                raise ConfigError(f"{prefix}wormhole_c_init", f"the tanh form needs -1 < C_0 < 1, got {c!r}")
+            return self.model_copy(update={"wormhole_t_init": math.atanh(c)})
+        return self.model_copy(update={"wormhole_c_init": math.tanh(t)})
 
 
 @pytree_state
@@ -123,7 +153,7 @@ class Wormhole(Learner[WormholeState]):
         ``hp`` when given (inside the compiled step), else from the settings."""
         hp = self.runtime_hparams(dtype=dtype, device=device) if hp is None else hp
         if self.config.wormhole_c_form == "tanh":
-            value = torch.atanh(hp["wormhole_tanh_init"])
+            value = hp["wormhole_t_init"]  # t_0 itself: no atanh in the graph
         else:
             value = hp["wormhole_c_init"]
         return {k: value * torch.ones(s, dtype=dtype, device=device) for k, s in self.c_shapes().items()}

@@ -24,12 +24,12 @@ from metatune.testing.learner_contract import (
     check_seeded_determinism,
     meta_gradients,
 )
-from metatune.testing.references import Reference, inner_grad, per_task_sgd
+from metatune.testing.references import Reference, inner_grad, per_task_sgd, task_loss
 from metatune.testing.tasks import check_task_shapes
 
 __all__ = [
     "DEFAULT_HPARAMS", "DEFAULT_MODEL", "DEFAULT_TASK", "LearnerCase", "Reference", "build_components",
     "check_checkpoint_round_trip", "check_finite_loss_guard", "check_first_order_differs", "check_learner",
     "check_meta_gradient", "check_seeded_determinism", "check_task_shapes", "inner_grad", "meta_gradients",
-    "per_task_sgd",
+    "per_task_sgd", "task_loss",
 ]

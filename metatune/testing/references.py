@@ -18,7 +18,7 @@ from torch import Tensor
 from metatune.learners.base import Learner
 from metatune.tasks.base import TaskBatch
 
-__all__ = ["Reference", "inner_grad", "per_task_sgd"]
+__all__ = ["Reference", "inner_grad", "per_task_sgd", "task_loss"]
 
 
 class Reference(Protocol):
@@ -29,6 +29,15 @@ class Reference(Protocol):
         self, learner: Learner[Any], meta: dict[str, Tensor], batch: TaskBatch, noise: dict[str, Tensor],
         steps: int,
     ) -> Tensor: ...
+
+
+def task_loss(learner: Learner[Any], prediction: Tensor, target: Tensor) -> Tensor:
+    """One task's loss as ``loss_reduction`` defines it, apart from ``Learner.loss``: the task's
+    mean, or the sum of every example's own loss (Wormhole eq. 8), one example at a time."""
+    if learner.config.loss_reduction == "mean":
+        return learner.task.loss(prediction, target)
+    n = target.shape[0]
+    return torch.stack([learner.task.loss(prediction[i:i + 1], target[i:i + 1]) for i in range(n)]).sum()
 
 
 def inner_grad(loss: Tensor, tensors: Sequence[Tensor], first_order: bool) -> tuple[Tensor, ...]:
@@ -48,8 +57,8 @@ def per_task_sgd(
     for i in range(batch.num_tasks):
         fast = dict(meta)
         for _ in range(steps):
-            loss = learner.task.loss(learner.backbone.apply(fast, batch.support_x[i]), batch.support_y[i])
+            loss = task_loss(learner, learner.backbone.apply(fast, batch.support_x[i]), batch.support_y[i])
             grads = inner_grad(loss, [fast[k] for k in keys], first_order)
             fast.update({k: fast[k] - rate(k) * g for k, g in zip(keys, grads, strict=True)})
-        total = total + learner.task.loss(learner.backbone.apply(fast, batch.query_x[i]), batch.query_y[i])
+        total = total + task_loss(learner, learner.backbone.apply(fast, batch.query_x[i]), batch.query_y[i])
     return total / batch.num_tasks
