@@ -10,6 +10,7 @@ function, so they follow whatever reduction the task is configured with.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch.func import vmap
@@ -31,14 +32,22 @@ class Baseline:
 
 
 def trivial_baselines(
-    task: TaskDistribution, *, tasks: int, shots: int | None, seed: int, split: Split = "test"
+    task: TaskDistribution,
+    *,
+    tasks: int,
+    shots: int | None,
+    seed: int,
+    split: Split = "test",
+    reduction: Literal["mean", "sum"] = "mean",
 ) -> list[Baseline]:
-    """The trivial predictors' scores on tasks ``0 .. tasks`` of the held-out stream ``seed``."""
+    """The trivial predictors' scores on tasks ``0 .. tasks`` of the held-out stream ``seed``;
+    ``reduction`` as the learners' ``loss_reduction`` (a task's loss over its query examples)."""
     batch = heldout_tasks(task, tasks, seed=seed, shots=shots, split=split)
     query_y = batch.query_y
+    per_task = float(query_y.shape[1]) if reduction == "sum" else 1.0
 
     def mean_loss(prediction: torch.Tensor) -> float:
-        return float(vmap(task.loss)(prediction, query_y).mean())
+        return float(vmap(task.loss)(prediction, query_y).mean()) * per_task
 
     if task.problem == "regression":
         zero = torch.zeros_like(query_y)

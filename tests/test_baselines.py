@@ -36,4 +36,7 @@ def test_classification_baseline_is_chance():
     binary = build_task({"name": "avg_threshold", "shots": 10})
     [coin] = trivial_baselines(binary, tasks=20, shots=10, seed=1)
     assert coin.loss == pytest.approx(math.log(2), rel=1e-6) and coin.accuracy == 0.5
+    # loss_reduction: sum (Wormhole eq. 8) sums over the 10 query points.
+    [summed] = trivial_baselines(binary, tasks=20, shots=10, seed=1, reduction="sum")
+    assert summed.loss == pytest.approx(10 * math.log(2), rel=1e-6)
     assert torch.get_default_dtype() == torch.float32

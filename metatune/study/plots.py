@@ -113,7 +113,7 @@ def _seed_points(table: StudyTable, cell: Cell, by_id: dict[str, TrialRecord]) -
         else:
             v = getattr(r, table.value, None)
         if v is not None:
-            out.append(float(v))
+            out.append(float(v) * table.scale)
     return out
 
 
@@ -172,7 +172,7 @@ def study_plot(
                 label=f"{learner} diverged",
                 transform=ax.get_xaxis_transform(),
             )
-        if table.published is not None and learner in table.published.learners and table.rows_axis != "best":
+        if table.published is not None and table.published.key_for(learner) and table.rows_axis != "best":
             cells = [(positions[_k(r)], table.cell(r, learner).published) for r in xs_all]
             pub = [(x, p) for x, p in cells if p is not None]
             if pub:

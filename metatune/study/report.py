@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -44,7 +44,10 @@ def study_table(study: Study, records: Sequence[TrialRecord]) -> StudyTable:
     )
     title = f"{study.name}: {study.spec.table.value} at {at} after {ev.inner_steps or 'training'} inner steps, {spread}"
     pub = PUBLISHED.get(study.spec.table.published) if study.spec.table.published else None
-    baseline = _baseline(study.base[study.learners[0]]["task"], ev, value=study.spec.table.value)
+    first = study.base[study.learners[0]]
+    baseline = _baseline(
+        first["task"], ev, value=study.spec.table.value, reduction=first["learner"].get("loss_reduction", "mean")
+    )
     return build_table(
         records,
         rows=study.table_rows,
@@ -52,25 +55,44 @@ def study_table(study: Study, records: Sequence[TrialRecord]) -> StudyTable:
         value=study.spec.table.value,
         mode=study.mode,
         published=pub,
-        title=title,
+        title=title + (f" (x {study.spec.table.scale:g})" if study.spec.table.scale != 1 else ""),
         baseline=baseline,
+        scale=study.spec.table.scale,
+        planned_rows=_planned_rows(study),
     )
+
+
+def _planned_rows(study: Study) -> list[Any] | None:
+    """The rows the study will fill: its test shots, or the values of its grid axis."""
+    rows = study.table_rows
+    if rows == "shots":
+        return list(study.spec.evaluation.shots or [])
+    if not study.grid:
+        return None
+    for p in study.space.params:
+        if rows in (p.name, p.knob):
+            return list(p.choices)
+    return None
 
 
 _BASELINES: dict[str, tuple[str, float] | None] = {}
 
 
-def _baseline(task: dict[str, Any], ev: EvaluationConfig, *, value: str) -> tuple[str, float] | None:
+def _baseline(
+    task: dict[str, Any], ev: EvaluationConfig, *, value: str, reduction: Literal["mean", "sum"] = "mean"
+) -> tuple[str, float] | None:
     """The best trivial predictor on the study's own test tasks (same stream, seed, split and
     K as the table), computed once per task and evaluation (an image task scans folders)."""
-    key = json.dumps([task, ev.tasks, ev.seed, ev.split, value], sort_keys=True, default=str)
+    key = json.dumps([task, ev.tasks, ev.seed, ev.split, value, reduction], sort_keys=True, default=str)
     if key not in _BASELINES:
         from metatune.baselines import trivial_baselines
         from metatune.tasks import build_task
 
         try:
             dist = build_task(dict(task))
-            found = trivial_baselines(dist, tasks=ev.tasks, shots=dist.shots, seed=ev.seed, split=ev.split)
+            found = trivial_baselines(
+                dist, tasks=ev.tasks, shots=dist.shots, seed=ev.seed, split=ev.split, reduction=reduction
+            )
             if value == "test_accuracy":
                 best = max((b for b in found if b.accuracy is not None), key=lambda b: b.accuracy or 0.0)
                 _BASELINES[key] = (best.name, float(best.accuracy or 0.0))

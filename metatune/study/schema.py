@@ -168,6 +168,12 @@ class TableSpec:
     value: Literal["test_loss", "test_accuracy"] = TEST_LOSS
     #: Published numbers shown beside ours (a key of metatune.study.published.PUBLISHED).
     published: str | None = None
+    #: Our values (and the baseline) times this, to read in the published table's units: 10
+    #: shows a mean over 10 query points as their sum (Wormhole's Avg-Threshold error).
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        positive(self.scale, "scale")
 
 
 @dataclass(frozen=True, kw_only=True)

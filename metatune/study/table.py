@@ -33,7 +33,7 @@ class Cell:
     status: TrialStatus | Literal["empty"] = "empty"
     trials: int = 0
     trial_id: str | None = None
-    published: tuple[float, float] | None = None
+    published: tuple[float, float | None] | None = None
     #: Seed replicates: the completed seeds averaged, their sd (n - 1), the trials shown, and
     #: how many seeds of the configuration diverged. ``ci95`` is then the mean per-seed CI.
     seeds: int = 1
@@ -78,6 +78,11 @@ class StudyTable:
     title: str = ""
     #: What a predictor that learns nothing scores, as (what it is, value).
     baseline: tuple[str, float] | None = None
+    #: Every value of ours (and the baseline) was multiplied by this (``table.scale``).
+    scale: float = 1.0
+
+    def _compared(self, learner: str) -> bool:
+        return self.published is not None and self.published.key_for(learner) is not None
 
     def cell(self, row: Any, learner: str) -> Cell:
         return self.cells.get((_fmt_row(row), learner)) or Cell(row, learner)
@@ -129,7 +134,7 @@ class StudyTable:
         head = [self.rows_axis]
         for learner in self.learners:
             head.append(learner)
-            if self.published is not None and learner in self.published.learners:
+            if self._compared(learner):
                 head.append(f"{learner} (published)")
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in self.rows:
@@ -137,15 +142,15 @@ class StudyTable:
             for learner in self.learners:
                 c = self.cell(row, learner)
                 cols.append(c.text())
-                if self.published is not None and learner in self.published.learners:
-                    cols.append(f"{c.published[0]:.2f} ± {c.published[1]:.2f}" if c.published else "")
+                if self._compared(learner):
+                    cols.append(_fmt_published(c.published))
             lines.append("| " + " | ".join(cols) + " |")
         out = "\n".join(lines) + "\n"
         if any(c.seeded for c in self.cells.values()):
             out += (
                 "\nOurs: mean over training seeds ± the across-seed standard deviation (n - 1), with the "
-                "number of seeds and the mean per-seed 95% CI over test tasks; published: mean ± 95% CI "
-                "over test tasks of one training run.\n"
+                "number of seeds and the mean per-seed 95% CI over test tasks; published: as the paper "
+                "gives them (below).\n"
             )
         if self.title:
             out = f"**{self.title}**\n\n" + out
@@ -159,6 +164,12 @@ class StudyTable:
         return out
 
 
+def _fmt_published(p: tuple[float, float | None] | None) -> str:
+    if p is None:
+        return ""
+    return f"{p[0]:.2f}" + (f" ± {p[1]:.2f}" if p[1] is not None else "")
+
+
 def _num(v: float | None) -> str:
     return "" if v is None else repr(float(v))
 
@@ -170,10 +181,15 @@ def _sort_key(v: Any) -> tuple[int, Any]:
 
 
 def _observations(
-    records: Sequence[TrialRecord], *, rows: str, value: str
+    records: Sequence[TrialRecord], *, rows: str, value: str, scale: float = 1.0
 ) -> list[tuple[Any, TrialRecord, float | None, float | None]]:
     """(row value, trial, its value, its 95 % CI) for every cell a trial contributes to:
-    one for a searched knob or 'best', one per test K for 'shots'."""
+    one for a searched knob or 'best', one per test K for 'shots'; values times ``scale``."""
+    if scale != 1.0:
+        return [
+            (rv, r, None if v is None else v * scale, None if c is None else c * scale)
+            for rv, r, v, c in _observations(records, rows=rows, value=value)
+        ]
     out: list[tuple[Any, TrialRecord, float | None, float | None]] = []
     for r in records:
         if rows == "shots":
@@ -238,24 +254,30 @@ def build_table(
     published: PublishedTable | None = None,
     title: str = "",
     baseline: tuple[str, float] | None = None,
+    scale: float = 1.0,
+    planned_rows: Sequence[Any] | None = None,
 ) -> StudyTable:
     """Group trials by (row value, learner). Seed replicates of one configuration are one
     value (mean over seeds ± across-seed sd); several configurations in one cell (a sweep)
-    show the one with the best mean objective."""
+    show the one with the best mean objective. Rows are ``planned_rows`` (the study's grid)
+    plus any other row a trial has; without a plan, the published table's rows too."""
     groups: dict[tuple[str, str], list[tuple[TrialRecord, float | None, float | None]]] = {}
     row_values: dict[str, Any] = {}
-    for rv, r, v, c in _observations(records, rows=rows, value=value):
+    for rv, r, v, c in _observations(records, rows=rows, value=value, scale=scale):
         if rv is None:
             continue
         groups.setdefault((_fmt_row(rv), r.learner), []).append((r, v, c))
         row_values.setdefault(_fmt_row(rv), rv)
-    if published is not None and rows != "best":
+    if planned_rows is not None:  # the study's own rows (its grid), trained yet or not
+        for pr in planned_rows:
+            row_values.setdefault(_fmt_row(pr), pr)
+    elif published is not None and rows != "best":
         for pr in published.cells:
             row_values.setdefault(_fmt_row(float(pr) if rows != "shots" else int(pr)), float(pr) if rows != "shots" else int(pr))
     ordered = sorted(row_values.values(), key=_sort_key if rows != "shots" else (lambda v: (0, float(v))))
     table = StudyTable(
         rows_axis=rows, value=value, learners=list(learners), rows=ordered, published=published, title=title,
-        baseline=baseline,
+        baseline=None if baseline is None else (baseline[0], baseline[1] * scale), scale=scale,
     )
     sign = 1.0 if mode == "min" else -1.0
     for row in ordered:
