@@ -16,6 +16,8 @@ import pytest
 import torch
 import yaml
 
+ROOT = Path(__file__).resolve().parents[1]
+
 STUDY = {
     "name": "preflight",
     "task": {"name": "sine", "protocol": "metasgd", "shots": 5},
@@ -211,10 +213,15 @@ def test_set_overrides_go_through_the_file_s_validation_and_name_the_item(tmp_pa
 
 
 def test_a_study_that_sets_only_its_iterations_runs_its_periods_within_them(tmp_path):
-    path = study_file(tmp_path, training={"iterations": 30})  # eval_every's default is 1000
+    path = study_file(tmp_path, training={"iterations": 30})  # a run config's eval_every is 1000
     plan = metatune("run", str(path), "--dry-run", cwd=tmp_path)
     assert plan.returncode == 0, plan.stderr[-2000:]
-    assert "30 iterations" in plan.stdout and "validation every 30" in plan.stdout
+    assert "30 iterations" in plan.stdout and "validation every 3;" in plan.stdout  # 1/12, rounded up
+    # A shipped study shortened from the command line keeps its shape: 12 validations.
+    short = metatune("run", str(ROOT / "studies" / "mtnet_step_size.yaml"), "--dry-run",
+                     "--set", "training.iterations=2000", "--set", "seeds=[0]", cwd=tmp_path)
+    assert short.returncode == 0, short.stderr[-2000:]
+    assert "18 trials" in short.stdout and "2000 iterations" in short.stdout and "validation every 167;" in short.stdout
     refused(metatune("run", str(study_file(tmp_path, training={"iterations": 30, "eval_every": 50})),
                      "--dry-run", cwd=tmp_path), "field 'training.eval_every'", "expected <= training.iterations")
 
