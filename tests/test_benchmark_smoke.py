@@ -104,3 +104,21 @@ def test_gpu_scripts_import_without_gpu(root):
     assert "maml" in proc.stdout.split() and "cxgrad" in proc.stdout.split()
     proc = _run(root, [str(root / "benchmarks" / "gpu_pack.py"), "--help"], timeout=60)
     assert "--copies" in proc.stdout
+
+
+def test_divergence_encoding_on_its_cached_landscape(root, tmp_path):
+    """The committed landscape covers the whole grid, so nothing trains: seconds, every encoding
+    in the table, and ``fail`` no faster than ``prune`` (the default's reason) on these seeds."""
+    import shutil
+
+    cache = tmp_path / "landscape.json"
+    shutil.copy(root / "benchmarks" / "results_divergence_landscape.json", cache)
+    out = tmp_path / "runs.json"
+    proc = _run(root, [str(root / "benchmarks" / "divergence_encoding.py"), "--seeds", "6", "--trials", "20",
+                       "--cache", str(cache), "--json", str(out)], timeout=120)
+    assert "(0 trained now" in proc.stdout, proc.stdout[-2000:]
+    rows = {line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ")}
+    assert {"prune", "constraint", "fail", "penalty"} <= rows, proc.stdout
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["fail"]["median"] >= summary["prune"]["median"]
+    assert summary["fail"]["mean_diverged"] > summary["prune"]["mean_diverged"]

@@ -1,8 +1,10 @@
 """A study that mixes stable and diverging MAML configurations (5 inner steps on sine: alpha
 0.01 trains, alpha 1 trains badly, alpha 3 blows up within a few dozen iterations) finishes, and
 every diverged trial is recorded as diverged, with its iteration and last finite loss, in all
-four records: Tune, Optuna, MLflow and Parquet. No Optuna trial stays RUNNING (the Ray/Optuna
-NaN trap), the study table says "diverged", and ASHA ends the bad trials early.
+four records: Tune, Optuna, MLflow and Parquet. In Optuna's record (read back with
+``optuna.load_study``) a diverged trial is PRUNED (``optuna.divergence`` by default), never
+COMPLETE at the penalty; no Optuna trial stays RUNNING (the Ray/Optuna NaN trap), the study
+table says "diverged", and ASHA ends the bad trials early.
 """
 
 from __future__ import annotations
@@ -86,19 +88,32 @@ def test_optuna_records_divergence_and_leaves_nothing_running(study_run):
     from metatune.study import _ray
 
     study, records = study_run["study"], study_run["records"]
-    trials = _ray.optuna_trials(study)
-    assert [t.state for t in trials if t.state == optuna.trial.TrialState.RUNNING] == []
+    assert study.spec.optuna.divergence == "prune"  # the default
+    # Optuna's own reading of the record, as optuna-dashboard or a notebook would.
+    record = optuna.load_study(study_name=study.name, storage=f"sqlite:///{study.dir / 'optuna.db'}")
+    trials = record.get_trials()
+    assert [t.number for t in trials] == list(range(STUDY["trials"]))
     by_id = {t.user_attrs[_ray.ATTR_TUNE_ID]: t for t in trials}
     assert set(by_id) == {r.trial_id for r in records}
+    # Tune's view (the records, the Parquet status column) and Optuna's agree on every trial.
+    state = {"completed": "COMPLETE", "stopped": "COMPLETE", "diverged": "PRUNED"}
+    assert sorted((by_id[r.trial_id].number, by_id[r.trial_id].state.name) for r in records) == sorted(
+        (by_id[r.trial_id].number, state[r.status]) for r in records
+    )
     for r in records:
         t = by_id[r.trial_id]
-        assert t.state == optuna.trial.TrialState.COMPLETE
         assert t.params["inner_lr"] == r.params["inner_lr"]
         assert t.user_attrs[_ray.ATTR_OUTCOME] == r.status
+        assert study.penalty not in t.intermediate_values.values()
         if r.status == "diverged":
-            assert t.value == study.penalty  # finite: TPE learns the region is bad
+            assert t.state == optuna.trial.TrialState.PRUNED and t.value != study.penalty
+            # Diverged before its first validation: no intermediate value, so no value either.
+            assert t.value == (max(t.intermediate_values.items())[1] if t.intermediate_values else None)
             assert t.user_attrs["metatune.diverged_at"] == r.diverged_at
+            assert t.user_attrs["metatune.iteration"] == r.iteration
             assert t.user_attrs["metatune.last_finite_loss"] == pytest.approx(r.last_finite_loss)
+        else:
+            assert t.value == pytest.approx(r.objective)
 
 
 def test_mlflow_runs_record_divergence(study_run):

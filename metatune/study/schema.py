@@ -14,6 +14,7 @@ training: {iterations: 600, meta_batch: 4, eval_every: 200}
 evaluation: {tasks: 200, shots: [5, 10, 20], inner_steps: 10}
 tracking: {uri: null, experiment: null}                 # default sqlite in the study folder
 optuna: {storage: null, warm_start: null}               # default <study>/optuna.db; seed from a study
+                                                        # divergence: prune | constraint | fail
 storage: null                                           # default ./metatune_results/<name>
 table: {rows: inner_lr}                                 # the study table's row axis
 seed: 0
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from metatune._fields import positive
 from metatune.config import EvaluationConfig, TrainingConfig
 from metatune.errors import ConfigError
+from metatune.study.divergence import DEFAULT_ENCODING, Encoding
 from metatune.study.records import TEST_LOSS, VAL_LOSS
 from metatune.study.strategies import SAMPLERS, SCHEDULERS
 
@@ -148,6 +150,9 @@ class OptunaSpec:
     #: trials are copied, with their values, into this study's Optuna record before the first
     #: trial: the sampler starts from what that study learnt. Same metric and direction.
     warm_start: str | None = None
+    #: How a diverged trial reaches Optuna (metatune.study.divergence): prune (PRUNED at its last
+    #: finite validation), constraint (COMPLETE at the penalty, infeasible) or fail (FAIL).
+    divergence: Encoding = DEFAULT_ENCODING
 
     def __post_init__(self) -> None:
         if self.storage is not None:

@@ -25,6 +25,7 @@ from metatune.study._ray.optuna_seam import (
     trial_by_number,
 )
 from metatune.study._ray.storage import open_storage
+from metatune.study.divergence import CONSTRAINT, DEFAULT_ENCODING, diverged_trial, tell_diverged
 from metatune.study.records import OUTCOME, TrialStatus, finite
 
 __all__ = [
@@ -82,18 +83,20 @@ def _storage_guard() -> Iterator[None]:
 
 
 def warm_start(url: str, study_name: str, *, source: str, trials: list[optuna.trial.FrozenTrial]) -> int:
-    """Copy the COMPLETE ``trials`` of study ``source`` (params, distributions, value, user
-    attributes) into this study's record, once: the sampler starts from them. Returns how many."""
+    """Copy the COMPLETE and PRUNED ``trials`` of study ``source`` (params, distributions, value,
+    user attributes, constraints) into this study's record, once: the sampler starts from them,
+    diverged ones included. Returns how many."""
     storage = open_storage(url)
     target = optuna.load_study(study_name=study_name, storage=storage)
     if any(ATTR_WARM_START in t.user_attrs for t in target.get_trials(deepcopy=False)):
         return 0
-    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+    state = optuna.trial.TrialState
+    done = [t for t in trials if (t.state == state.COMPLETE and t.value is not None) or t.state == state.PRUNED]
     target.add_trials([
         optuna.trial.create_trial(
-            params=t.params, distributions=t.distributions, value=t.value,
+            state=t.state, params=t.params, distributions=t.distributions, value=t.value,
             intermediate_values=t.intermediate_values,
-            user_attrs={**t.user_attrs, ATTR_WARM_START: source},
+            user_attrs={**t.user_attrs, ATTR_WARM_START: source}, constraints=t.constraints or None,
         )
         for t in done
     ])
@@ -133,8 +136,14 @@ class StudySearch(OptunaSearch):
     diverged with iteration and last finite loss, stopped by the scheduler, error). Ray's
     searcher drops the result of a trial it already told as failed, so a trial that errored
     and then finished on a retry (``metatune resume`` re-runs errored trials) would stay
-    invisible to the sampler: it is added as a new COMPLETE Optuna trial with the same params.
+    invisible to the sampler: it is added as a new Optuna trial with the same params.
+
+    A diverged trial reaches Optuna as ``divergence`` says (metatune.study.divergence), not as
+    Ray's COMPLETE at the finite penalty; the penalty is never an intermediate value.
     """
+
+    #: Searchers pickled before ``divergence`` existed restore with the default.
+    _divergence: str = DEFAULT_ENCODING
 
     def __init__(
         self,
@@ -146,6 +155,7 @@ class StudySearch(OptunaSearch):
         points_to_evaluate: list[dict[str, Any]] | None,
         storage_url: str,
         study_name: str,
+        divergence: str = DEFAULT_ENCODING,
     ) -> None:
         super().__init__(
             space=space,
@@ -161,6 +171,7 @@ class StudySearch(OptunaSearch):
         self._told: set[str] = set()
         self._last_steps: dict[str, int] = {}
         self._optuna_study_name = study_name
+        self._divergence = divergence
         study = searcher_study(self)
         if study is not None:  # a new experiment: nothing of an earlier start runs on
             mark_lost_trials(study, live=set())
@@ -230,7 +241,10 @@ class StudySearch(OptunaSearch):
             return  # progress of a retried trial: only its final result matters to Optuna
         # Keyed by training iteration, not Tune's report index, so Optuna's intermediate-value
         # plot reads in iterations. A trial restored from a checkpoint may report a step again
-        # (Optuna would warn), and a diverged report carries the finite penalty.
+        # (Optuna would warn). A diverged report, or one whose validation was not finite, carries
+        # the finite penalty, which is no validation loss: a pruned trial's value would be it.
+        if finite(result.get("diverged")) or finite(result.get("val_nonfinite")):
+            return
         step = result.get("iteration", result.get("training_iteration", 0))
         ot_trial = live_optuna_trial(self, trial_id)
         value = finite(result.get(self.metric))
@@ -244,26 +258,41 @@ class StudySearch(OptunaSearch):
         if ot_trial is None:
             return super().on_trial_complete(trial_id, result, error)
         attrs = _outcome_attrs(result, error=error)
-        if trial_id not in self._told:
-            for key, value in attrs.items():
-                ot_trial.set_user_attr(key, value)
-            self._told.add(trial_id)
-            return super().on_trial_complete(trial_id, result, error)
+        diverged = attrs[ATTR_OUTCOME] == TrialStatus.DIVERGED
         value = finite((result or {}).get(self.metric))
+        constrained = self._divergence == "constraint"
+        if trial_id not in self._told:
+            for key, attr in attrs.items():
+                ot_trial.set_user_attr(key, attr)
+            self._told.add(trial_id)
+            if diverged and value is not None:
+                # Ray's OptunaSearch would tell COMPLETE at the penalty (the value reported).
+                tell_diverged(ot_trial.study, ot_trial, encoding=self._divergence, penalty=value)
+                return None
+            if constrained and not error:
+                ot_trial.set_constraint(CONSTRAINT, 0.0)  # feasible
+            return super().on_trial_complete(trial_id, result, error)
         if error or value is None:
-            return
+            return None
         study = ot_trial.study
         first = study.trials[ot_trial.number]
-        if first.state == optuna.trial.TrialState.COMPLETE:
-            return  # a replay of a final report Optuna already has (its Tune snapshot was older)
+        if first.state == optuna.trial.TrialState.COMPLETE or first.user_attrs.get(ATTR_OUTCOME) == TrialStatus.DIVERGED:
+            return None  # a replay of a final report Optuna already has (its Tune snapshot was older)
+        user_attrs = {**first.user_attrs, **attrs, ATTR_RETRY_OF: first.number}
+        if diverged:
+            study.add_trial(diverged_trial(encoding=self._divergence, params=first.params,
+                                           distributions=first.distributions, penalty=value, user_attrs=user_attrs))
+            return None
         study.add_trial(
             optuna.trial.create_trial(
                 params=first.params,
                 distributions=first.distributions,
                 value=value,
-                user_attrs={**first.user_attrs, **attrs, ATTR_RETRY_OF: first.number},
+                user_attrs=user_attrs,
+                constraints={CONSTRAINT: 0.0} if constrained else None,
             )
         )
+        return None
 
 
 class StudyLimiter(ConcurrencyLimiter):

@@ -104,6 +104,7 @@ def build_tuner(study: Study, trainable: StudyTrainable) -> tune.Tuner:
         points_to_evaluate=study.initial_points or None,
         storage_url=optuna_storage_url(study),
         study_name=study.name,
+        divergence=s.optuna.divergence,
     )
     source = warm_start_source(study)
     if source is not None:
