@@ -224,6 +224,8 @@ def test_gpu_fraction_caps_each_trial(tmp_path):
 
 def _registered(data) -> bool:
     learners = data.get("learners") or []
+    if isinstance(learners, dict):  # a variant names its learner inside
+        return all((fixed or {}).get("learner", n) in LEARNERS for n, fixed in learners.items())
     return all(n in LEARNERS for n in learners)
 
 
