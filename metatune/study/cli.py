@@ -163,7 +163,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 r.name,
                 r.status + (f"@{r.diverged_at}" if r.diverged_at is not None else ""),
                 "" if r.iteration is None else str(r.iteration),
-                "" if r.objective is None else f"{r.objective:.4g}",
+                # A diverged trial has no objective: its penalty is not a value to read.
+                "" if r.objective is None or r.status == TrialStatus.DIVERGED else f"{r.objective:.4g}",
                 "" if r.test_loss is None else f"{r.test_loss:.4g} ± {r.test_loss_ci95 or 0:.2g}",
                 format_params(r),
             )
