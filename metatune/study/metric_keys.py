@@ -2,9 +2,10 @@
 
 MLflow's chart view groups metrics by the prefix before ``/`` and puts the groups in name
 order, with unprefixed metrics last; its runs table sorts columns by name too. So the keys are
-chosen to sort: ``main/`` (the objective, validation, test and training loss) leads, then the
-diagnostics ``robust/`` (robustness curves), ``run/`` (how the trial ran: divergence, time,
-compilation) and ``stats/`` (the learners' per-step statistics).
+chosen to sort: ``main/`` (the objective and the test and training loss: three charts, one row)
+leads, then ``main_ci95/`` (their 95 % CIs) and the diagnostics ``robust/`` (robustness curves),
+``run/`` (how the trial ran: divergence, time, compilation) and ``stats/`` (the learners'
+per-step statistics).
 
 Robustness curves are one metric each, against a meaningful integer step:
 
@@ -39,13 +40,12 @@ __all__ = [
 BLOWUP = 1e6
 
 MAIN = "main/"
+MAIN_CI = "main_ci95/"
 ROBUST = "robust/"
 RUN = "run/"
-#: The report keys that lead every view, in the ``main/`` group.
-_MAIN = (
-    "train_loss", "val_loss", "val_loss_ci95", "val_accuracy",
-    "test_loss", "test_loss_ci95", "test_accuracy", "test_accuracy_ci95",
-)
+#: The report keys that lead every view, in the ``main/`` group; their 95 % CIs
+#: (``val_loss_ci95``) form the group after it, ``main_ci95/`` (``main_ci95/val_loss``).
+_MAIN = ("train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy")
 #: How a trial ran: the ``run/`` group.
 _RUN = (
     "diverged", "diverged_at", "last_finite_loss", "wall_time_s", "iterations",
@@ -57,6 +57,8 @@ def mlflow_key(name: str) -> str:
     """The MLflow metric key of a report key (``val_loss`` -> ``main/val_loss``)."""
     if name in _MAIN:
         return MAIN + name
+    if name.endswith("_ci95") and name[: -len("_ci95")] in _MAIN:
+        return MAIN_CI + name[: -len("_ci95")]
     if name in _RUN:
         return RUN + name
     return name
@@ -115,7 +117,7 @@ def progress_points(entries: Mapping[str, Sequence[Any]], notes: list[str]) -> l
     its = list(entries.get("iteration") or [])
     points: list[Point] = []
     for key, values in entries.items():
-        if key == "iteration" or not (key in _MAIN or key.startswith("stats/")):
+        if not (mlflow_key(key).startswith((MAIN, MAIN_CI)) or key.startswith("stats/")):
             continue
         pairs = [(int(it), v) for it, v in zip(its, values) if it is not None]
         points += _curve(mlflow_key(key), pairs, notes)
