@@ -124,6 +124,17 @@ def test_mlflow_runs_record_divergence(study_run):
             else:  # a blown-up value stretches no axis; the run says why it is missing
                 assert "run/last_finite_loss stops" in run.data.tags["metatune.cut"]
             assert "main/test_loss" not in run.data.metrics
+            for key in run.data.metrics:  # no point of a diverged trial stretches an axis
+                assert all(
+                    math.isfinite(m.value) and abs(m.value) < BLOWUP
+                    for m in client.get_metric_history(run.info.run_id, key)
+                ), key
+        if r.status == "completed":
+            # The training loss was live: the points of each log_every stretch went in with
+            # the report that followed them, not all at the trial's end.
+            stamps = {m.step: m.timestamp for m in client.get_metric_history(run.info.run_id, "main/train_loss")}
+            assert sorted(stamps) == list(range(10, ITERATIONS + 1, 10))
+            assert stamps[10] < stamps[ITERATIONS], stamps
 
 
 def test_parquet_and_table_show_divergence(study_run):
