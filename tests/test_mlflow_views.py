@@ -43,21 +43,26 @@ def test_a_finished_trial_leads_with_its_objective_and_groups_the_diagnostics(tr
     assert groups == ["main", "main_ci95", "robust", "run"], keys  # the order MLflow shows
     assert {k for k in keys if k.startswith("main/")} == {"main/val_loss", "main/test_loss", "main/train_loss"}
     assert "main_ci95/test_loss" in keys
+    # Logged first, so listed first: the metric MLflow's compare-runs page plots by default.
+    assert list(run.data.metrics)[0] == "main/val_loss", list(run.data.metrics)
     assert not any("lr_scale_" in k or k == "objective" or "index" in k for k in keys), keys
     # The final validation extends the validation curve at the last iteration.
     assert _history(tracker, done, "main/val_loss") == {10: 1.0, 20: 0.5}
     # One curve per robustness axis, each against its meaningful step.
     assert set(_history(tracker, done, "robust/loss_vs_K")) == {5, 10, 20}
+    # MLflow draws a line only where a run's last (largest) step is at least 1: every curve is one.
+    last = {k: max(_history(tracker, done, k)) for k in keys if k.startswith("robust/")}
+    assert all(step >= 1 for step in last.values()), last
     assert _history(tracker, done, "robust/loss_vs_inner_step") == {0: 3.0, 1: 0.5}
     assert _history(tracker, done, "robust/log10_loss_vs_inner_step") == pytest.approx({0: math.log10(3), 1: math.log10(0.5)})
     by_scale = _history(tracker, done, "robust/loss_vs_lr_scale")
     assert by_scale == pytest.approx({lr_scale_step(0.5): 0.6, lr_scale_step(1.0): 0.5})
-    assert lr_scale_step(0.1) == -100 and lr_scale_step(10.0) == 100
+    assert lr_scale_step(0.1) == 10 and lr_scale_step(1.0) == 100 and lr_scale_step(10.0) == 1000
     # Curves stop at the first non-finite point, and the run says where.
     assert set(_history(tracker, done, "main/train_loss")) == {10}
     cut = run.data.tags["metatune.cut"]
     assert "main/train_loss stops at step 20 (not finite)" in cut
-    assert "robust/loss_vs_lr_scale stops at step 100 (not finite)" in cut
+    assert "robust/loss_vs_lr_scale stops at step 1000 (not finite)" in cut
     # Each parameter once: the sampled value, not again as config.*.
     params = run.data.params
     assert params["inner_lr"] == "0.01" and params["learner"] == "maml"

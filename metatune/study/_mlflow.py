@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from metatune.study._mlflow_env import configure_mlflow_env
 from metatune.study._mlflow_store import create_sqlite_store, heal_incomplete_sqlite_store
-from metatune.study.metric_keys import progress_points, trial_points
+from metatune.study.metric_keys import lead_first, progress_points, trial_points
 from metatune.study.param_names import LEARNER_KEY, knob_for
 from metatune.study.records import TrialRecord, TrialStatus
 
@@ -131,7 +131,7 @@ class Tracker:
 
         now = int(time.time() * 1000)
         batch = []
-        for key, value, step in metrics:
+        for key, value, step in lead_first(metrics):
             if value is None:
                 continue
             steps = self._known_steps(run_id, key)

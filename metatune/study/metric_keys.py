@@ -11,9 +11,11 @@ Robustness curves are one metric each, against a meaningful integer step:
 
 - ``robust/loss_vs_K``: step = K, the support shots;
 - ``robust/loss_vs_inner_step`` and ``robust/log10_loss_vs_inner_step``: step = inner step;
-- ``robust/loss_vs_lr_scale`` and ``robust/log10_loss_vs_lr_scale``: step = round(100 log10 s)
-  for inner-lr scale s (0 is the trained rate, -100 a tenth of it, 100 ten times it): MLflow
-  steps are integers, and the scales are spaced by factors.
+- ``robust/loss_vs_lr_scale`` and ``robust/log10_loss_vs_lr_scale``: step = the inner learning
+  rate in percent of the trained one, round(100 s) for scale s (100 is the trained rate, 10 a
+  tenth of it, 1000 ten times it). MLflow steps are integers, and it draws a metric as a line
+  only when a run's last step is at least 1 (else as one bar per run), so the steps stay
+  positive; the chart's x axis can then be switched to a log scale.
 
 A curve stops at its first point that is not finite or at least ``BLOWUP``, and that point is
 returned as a note (the tracker tags it), so a diverged trial stretches no axis and nothing
@@ -30,11 +32,14 @@ __all__ = [
     "BLOWUP",
     "TEST_KEY",
     "diverged_key",
+    "lead_first",
     "lr_scale_step",
     "mlflow_key",
     "progress_points",
     "trial_points",
 ]
+
+Point = tuple[str, float, int]
 
 #: Beyond this a loss has blown up (the default divergence penalty): no chart shows it.
 BLOWUP = 1e6
@@ -71,11 +76,21 @@ def diverged_key() -> str:
     return mlflow_key("diverged")
 
 
+def lead_first(points: Sequence[Point]) -> list[Point]:
+    """Validation, then test, then the other keys (stable). MLflow lists a run's metrics in
+    the order each key was first logged, and its compare-runs page plots the first one the
+    runs share: the objective, logged first."""
+
+    def rank(point: Point) -> int:
+        key = point[0]
+        return 0 if key.startswith(MAIN + "val_") else 1 if key.startswith(MAIN + "test_") else 2
+
+    return sorted(points, key=rank)
+
+
 def lr_scale_step(scale: float) -> int:
-    return round(100 * math.log10(scale))
-
-
-Point = tuple[str, float, int]
+    """The step of inner-lr scale ``scale``: percent of the trained rate."""
+    return round(100 * scale)
 
 
 def _bad(value: Any, *, log: bool = False) -> str | None:
