@@ -68,6 +68,13 @@ def test_a_finished_trial_leads_with_its_objective_and_groups_the_diagnostics(tr
     assert params["inner_lr"] == "0.01" and params["learner"] == "maml"
     assert "config.learner.inner_lr" not in params and "config.learner.name" not in params
     assert params["config.task.name"] == "sine" and params["config.training.iterations"] == "20"
+    # A learner variant's label is no duplicate of its registered name: both stay.
+    variant = record_from_tune("v1", {"learner": "maml_fast", "inner_lr": 0.5}, "TERMINATED", {},
+                               run_config={**RUN, "learner": {"name": "maml", "inner_lr": 0.5}}, metric="val_loss")
+    tracker.log_trial(variant)
+    params = _run(tracker, variant).data.params
+    assert params["learner"] == "maml_fast" and params["config.learner.name"] == "maml"
+    assert "config.learner.inner_lr" not in params
 
 
 def test_a_diverged_trial_stretches_no_axis_and_shows_its_status(tracker):

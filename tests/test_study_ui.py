@@ -138,7 +138,7 @@ def test_parent_run_shows_table_and_plot(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     import matplotlib.image as mpimg
 
-    for name in ("parent_run", "study_table", "study_plot"):
+    for name in ("runs_view", "runs_charts", "parent_run", "study_table", "study_plot"):
         png = out / f"{name}.png"
         assert png.is_file() and png.stat().st_size > 30_000, name
         pixels = mpimg.imread(png)

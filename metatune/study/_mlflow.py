@@ -242,13 +242,15 @@ class Tracker:
         self._created.add(rid)
         runs[record.trial_id] = {"run_id": rid, "tags": {}, "status": "RUNNING"}
         # Each parameter once: a sampled one (``inner_lr``, ``mtnet.inner_lr``, ``learner``) is
-        # left out of the run config's ``config.*`` copy, where it would show again.
+        # left out of the run config's ``config.*`` copy where that holds the same value (a
+        # learner variant's label is not its registered name: both stay).
         config = _flatten(record.run_config, "config.")
-        for name in record.params:
+        for name, value in record.params.items():
             knob = "name" if name == LEARNER_KEY else knob_for(name, record.learner)
             sections = ("learner",) if name == LEARNER_KEY else ("learner", "training")  # see plan.py
-            for section in sections if knob else ():
-                config.pop(f"config.{section}.{knob}", None)
+            for key in (f"config.{section}.{knob}" for section in sections if knob):
+                if key in config and config[key] == str(value):
+                    del config[key]
         params = {**record.params, **config}
         self._params(
             rid, {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in params.items()}
