@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from metatune.study.driver import tracker_for
+from metatune.study.driver import public_uri, tracker_for
 from metatune.study.metric_keys import TEST_KEY, diverged_key, mlflow_key
 from metatune.study.param_names import LEARNER_KEY
 
@@ -82,7 +82,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     study = open_study(args.study or find_default_study())
     uri = study.tracking_uri
     if not uri.startswith("sqlite:"):
-        print(f"study '{study.name}' logs to {uri}: open that in a browser (experiment '{study.experiment}')")
+        # The driver wrote the runs view there too: its URL is that server's + runs_view_path.
+        print(f"study '{study.name}' logs to {public_uri(study)}: open that in a browser "
+              f"(experiment '{study.experiment}', then {runs_view_path('<id>')})")
         return 0
     cmd = ui_command(uri, host=args.host, port=args.port) + [
         "--artifacts-destination",
