@@ -3,11 +3,12 @@
 #
 #   benchmarks/ui_screenshot.sh STUDY_DIR [OUT_DIR] [PORT]
 #
-# Starts `metatune ui STUDY_DIR --port PORT` on 127.0.0.1, waits for /health, takes three
-# screenshots of the study's parent run (the overview, whose description starts with the study
-# table; the table artifact; the study plot artifact), then stops the UI by its process id
-# (`metatune ui` stops its own mlflow server and helpers). Needs Debian's chromium
-# (apt-get install -y chromium). Writes OUT_DIR/{parent_run,study_table,study_plot}.png.
+# Starts `metatune ui STUDY_DIR --port PORT` on 127.0.0.1, waits for /health, takes screenshots
+# of the runs view `metatune ui` prints (the trials table and its chart view) and of the study's
+# parent run (the overview, whose description starts with the study table; the table artifact;
+# the study plot artifact), then stops the UI by its process id (`metatune ui` stops its own
+# mlflow server and helpers). Needs Debian's chromium (apt-get install -y chromium). Writes
+# OUT_DIR/{runs_view,runs_charts,parent_run,study_table,study_plot}.png.
 set -euo pipefail
 STUDY=${1:?usage: $0 STUDY_DIR [OUT_DIR] [PORT]}
 OUT=${2:-.}
@@ -56,6 +57,10 @@ shot() {
     --screenshot="$1" "$2" >/dev/null 2>&1
   echo "wrote $1 ($2)"
 }
+VIEW=$(sed -n "s/^MLflow UI for study '.*': \(http[^ ]*\)$/\1/p" "$LOG" | head -1)
+[ -n "$VIEW" ] || { echo "metatune ui printed no URL" >&2; cat "$LOG" >&2; exit 1; }
+shot "$OUT/runs_view.png" "$VIEW"
+shot "$OUT/runs_charts.png" "$VIEW&compareRunsMode=CHART"
 BASE="http://127.0.0.1:$PORT/#/experiments/$EXP/runs/$RUN"
 shot "$OUT/parent_run.png" "$BASE"
 shot "$OUT/study_table.png" "$BASE/artifacts/table/study_table.md"

@@ -118,7 +118,7 @@ def stop_group(proc: subprocess.Popen, *, grace_s: float = 15.0) -> None:
 
 # ---------------------------------------------------------------------- mlflow server
 def mlflow_server_command(backend_uri: str, artifacts: Path, port: int) -> list[str]:
-    """Like ``metatune ui`` starts it (metatune/study/_mlflow.py ui_command + cli.py cmd_ui)."""
+    """Like ``metatune ui`` starts it (metatune/study/ui.py ui_command + cmd_ui)."""
     return [
         sys.executable,
         "-m",

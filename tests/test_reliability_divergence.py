@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from metatune.cli import main
+from metatune.study.metric_keys import BLOWUP
 
 pytestmark = pytest.mark.slow  # about a minute: a real local Ray runs 6 short trials
 
@@ -132,9 +133,23 @@ def test_mlflow_runs_record_divergence(study_run):
         if r.status == "diverged":
             assert run.info.status == "FINISHED"
             assert run.data.tags["metatune.diverged_at"] == str(r.diverged_at)
-            assert run.data.metrics["diverged"] == 1.0
-            assert run.data.metrics["last_finite_loss"] == pytest.approx(r.last_finite_loss)
-            assert "test_loss" not in run.data.metrics
+            assert run.data.metrics["run/diverged"] == 1.0
+            if abs(r.last_finite_loss) < BLOWUP:
+                assert run.data.metrics["run/last_finite_loss"] == pytest.approx(r.last_finite_loss)
+            else:  # a blown-up value stretches no axis; the run says why it is missing
+                assert "run/last_finite_loss stops" in run.data.tags["metatune.cut"]
+            assert "main/test_loss" not in run.data.metrics
+            for key in run.data.metrics:  # no point of a diverged trial stretches an axis
+                assert all(
+                    math.isfinite(m.value) and abs(m.value) < BLOWUP
+                    for m in client.get_metric_history(run.info.run_id, key)
+                ), key
+        if r.status == "completed":
+            # The training loss was live: the points of each log_every stretch went in with
+            # the report that followed them, not all at the trial's end.
+            stamps = {m.step: m.timestamp for m in client.get_metric_history(run.info.run_id, "main/train_loss")}
+            assert sorted(stamps) == list(range(10, ITERATIONS + 1, 10))
+            assert stamps[10] < stamps[ITERATIONS], stamps
 
 
 def test_parquet_and_table_show_divergence(study_run):

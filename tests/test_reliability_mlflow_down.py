@@ -248,10 +248,10 @@ def test_study_survives_mlflow_outage_and_report_restores_runs(tmp_path, capsys)
             assert c.data.tags["mlflow.parentRunId"] == parent.info.run_id
             assert c.data.tags.get("metatune.final") == "1", (tid, c.data.tags)
             assert c.data.tags.get("metatune.status") == "completed"
-            assert "test_loss" in c.data.metrics and "objective" in c.data.metrics, (tid, c.data.metrics)
+            assert "main/test_loss" in c.data.metrics and "main/val_loss" in c.data.metrics, (tid, c.data.metrics)
             rec = next(r for r in records if r.trial_id == tid)
-            assert c.data.metrics["test_loss"] == pytest.approx(rec.test_loss)
-            history = client.get_metric_history(c.info.run_id, "train_loss")
+            assert c.data.metrics["main/test_loss"] == pytest.approx(rec.test_loss)
+            history = client.get_metric_history(c.info.run_id, "main/train_loss")
             assert sorted(m.step for m in history) == expected_steps, (tid, [m.step for m in history])
             histories[c.info.run_id] = len(history)
         table = {a.path for a in client.list_artifacts(parent.info.run_id, "table")}
@@ -267,7 +267,7 @@ def test_study_survives_mlflow_outage_and_report_restores_runs(tmp_path, capsys)
         assert sorted(c.info.run_id for c in children2) == sorted(c.info.run_id for c in child.values())
         assert {c.info.status for c in children2} == {"FINISHED"}
         assert {
-            rid: len(client.get_metric_history(rid, "train_loss")) for rid in histories
+            rid: len(client.get_metric_history(rid, "main/train_loss")) for rid in histories
         } == histories
         assert [
             m.step for m in client.get_metric_history(parent.info.run_id, "trials_finished")

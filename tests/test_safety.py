@@ -240,7 +240,7 @@ def test_yaml_python_tags_are_refused_everywhere(tmp_path, capsys, payload):
 
 # ---------------------------------------------------------------------- (b) MLflow UI binding
 def test_ui_command_binds_loopback_by_default():
-    from metatune.study._mlflow import ui_command
+    from metatune.study.ui import ui_command
 
     cmd = ui_command("sqlite:////tmp/x/mlflow.db")
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd.count("--host") == 1
@@ -277,15 +277,15 @@ def frozen_study(tiny_study):
 
 
 def test_metatune_ui_passes_loopback_to_the_server(frozen_study, monkeypatch, capsys):
-    import metatune.study.cli as study_cli
+    import metatune.study.ui as study_ui
 
     _FakeServer.commands = []
-    monkeypatch.setattr(study_cli.subprocess, "Popen", _FakeServer)
-    monkeypatch.setattr(study_cli, "_stop_group", lambda proc: None)
+    monkeypatch.setattr(study_ui.subprocess, "Popen", _FakeServer)
+    monkeypatch.setattr(study_ui, "_stop_group", lambda proc: None)
     def no_tracker(study):  # noqa: ANN001
         raise RuntimeError("no MLflow here")  # cmd_ui treats the run link as optional
 
-    monkeypatch.setattr(study_cli, "tracker_for", no_tracker)
+    monkeypatch.setattr(study_ui, "tracker_for", no_tracker)
     assert main(["ui", str(frozen_study.dir)]) == 0
     assert main(["ui", str(frozen_study.dir), "--host", "0.0.0.0", "--port", "5999"]) == 0
     default, explicit = _FakeServer.commands
@@ -356,7 +356,7 @@ def test_env_secrets_reach_no_mlflow_param_tag_or_artifact(logged_study):
     study, tracker = logged_study
     logged = _everything_logged(tracker, study)
     # The views really were logged: child params, the table artifact, the trial files.
-    assert any("config.learner.inner_lr" in s for s in logged)
+    assert any("config.training.iterations" in s for s in logged) and "('inner_lr', '0.05')" in logged
     assert any("| maml" in s for s in logged) and any('"trial_id": "t1"' in s for s in logged)
     leaks = [s[:200] for s in logged if SECRET in s]
     assert not leaks, leaks

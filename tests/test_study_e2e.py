@@ -120,9 +120,9 @@ def test_mlflow_parent_children_and_table(finished_study):
     assert table_files == {"table/study_table.csv", "table/study_table.md", "table/study_plot.png"}
     assert "| best |" in parent.data.tags["mlflow.note.content"]
     child = children[0]
-    history = client.get_metric_history(child.info.run_id, "train_loss")
+    history = client.get_metric_history(child.info.run_id, "main/train_loss")
     assert sorted(m.step for m in history) == [5, 10, 15, 20, 25, 30]  # each point once
-    assert {m.step for m in client.get_metric_history(child.info.run_id, "robust/loss_vs_shots")} == {5, 10}
+    assert {m.step for m in client.get_metric_history(child.info.run_id, "robust/loss_vs_K")} == {5, 10}
     assert "robustness.png" in {a.path for a in client.list_artifacts(child.info.run_id)}
 
 
@@ -154,14 +154,14 @@ def test_exported_config_trains_unchanged(finished_study, tmp_path):
 def test_report_rebuilds_without_duplicates(finished_study, capsys):
     study, records = _records(finished_study["dir"])
     client, _, before = _mlflow_runs(study)
-    counts = {c.info.run_id: len(client.get_metric_history(c.info.run_id, "train_loss")) for c in before}
+    counts = {c.info.run_id: len(client.get_metric_history(c.info.run_id, "main/train_loss")) for c in before}
     study.parquet_path.unlink()
     assert main(["report", str(finished_study["dir"])]) == 0
     assert study.parquet_path.is_file()
     client, parents, after = _mlflow_runs(study)
     assert len(parents) == 1 and len(after) == len(before)
     assert {
-        c.info.run_id: len(client.get_metric_history(c.info.run_id, "train_loss")) for c in after
+        c.info.run_id: len(client.get_metric_history(c.info.run_id, "main/train_loss")) for c in after
     } == counts
     assert main(["status", str(finished_study["dir"])]) == 0
     out = capsys.readouterr().out

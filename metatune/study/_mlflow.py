@@ -10,7 +10,6 @@ concurrent writers.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,15 +18,19 @@ from urllib.parse import urlsplit, urlunsplit
 
 from metatune.study._mlflow_env import configure_mlflow_env
 from metatune.study._mlflow_store import create_sqlite_store, heal_incomplete_sqlite_store
+from metatune.study.metric_keys import lead_first, progress_points, trial_points
+from metatune.study.param_names import LEARNER_KEY, knob_for
 from metatune.study.records import TrialRecord, TrialStatus
 
-__all__ = ["Tracker", "configure_mlflow_env", "redact_uri", "ui_command"]
+__all__ = ["Tracker", "configure_mlflow_env", "redact_uri"]
 
 TAG_STUDY = "metatune.study"
 TAG_ROLE = "metatune.role"
 TAG_TRIAL = "metatune.trial_id"
 TAG_STATUS = "metatune.status"
 TAG_FINAL = "metatune.final"
+TAG_CUT = "metatune.cut"
+_VIEW_TAG = "mlflow.sharedViewState."
 _PARENT_TAG = "mlflow.parentRunId"
 _NOTE = "mlflow.note.content"
 _TERMINAL = {
@@ -128,7 +131,7 @@ class Tracker:
 
         now = int(time.time() * 1000)
         batch = []
-        for key, value, step in metrics:
+        for key, value, step in lead_first(metrics):
             if value is None:
                 continue
             steps = self._known_steps(run_id, key)
@@ -177,6 +180,14 @@ class Tracker:
 
     def parent_url_path(self) -> str:
         return f"#/experiments/{self.experiment_id()}/runs/{self.parent_id}"
+
+    def set_view(self, key: str, state: Mapping[str, Any]) -> None:
+        """A shared runs view of the experiment (see metatune/study/ui.py), written only when
+        it changed."""
+        value = json.dumps(state, sort_keys=True)
+        exp = self.client.get_experiment(self.experiment_id())
+        if exp.tags.get(_VIEW_TAG + key) != value:
+            self.client.set_experiment_tag(self.experiment_id(), _VIEW_TAG + key, value)
 
     def log_study_files(self, files: Sequence[tuple[str, Path]], *, note: str | None = None) -> None:
         """Table CSV/markdown/PNG (and other study files) on the parent run; the markdown also
@@ -230,7 +241,17 @@ class Tracker:
         rid = run.info.run_id
         self._created.add(rid)
         runs[record.trial_id] = {"run_id": rid, "tags": {}, "status": "RUNNING"}
-        params = {**{k: v for k, v in record.params.items()}, **_flatten(record.run_config, "config.")}
+        # Each parameter once: a sampled one (``inner_lr``, ``mtnet.inner_lr``, ``learner``) is
+        # left out of the run config's ``config.*`` copy where that holds the same value (a
+        # learner variant's label is not its registered name: both stay).
+        config = _flatten(record.run_config, "config.")
+        for name, value in record.params.items():
+            knob = "name" if name == LEARNER_KEY else knob_for(name, record.learner)
+            sections = ("learner",) if name == LEARNER_KEY else ("learner", "training")  # see plan.py
+            for key in (f"config.{section}.{knob}" for section in sections if knob):
+                if key in config and config[key] == str(value):
+                    del config[key]
+        params = {**record.params, **config}
         self._params(
             rid, {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in params.items()}
         )
@@ -246,17 +267,37 @@ class Tracker:
             self.client.set_terminated(run["run_id"], status=status)
         run["status"] = status
 
-    def log_progress(self, record: TrialRecord, metrics: Mapping[str, float]) -> None:
-        """A periodic report of a running trial (step = training iteration)."""
+    def log_progress(
+        self, record: TrialRecord, metrics: Mapping[str, float], window: Mapping[str, Any] | None = None
+    ) -> None:
+        """A periodic report of a running trial: its validation (step = iteration) and the
+        training-curve entries since the last report (``window``, columns as in the history),
+        so the training loss is live at every ``log_every`` iteration."""
         rid = self._child(record)
         self._set_status(record.trial_id, "RUNNING")  # again, if an interrupted study resumed
         step = int(metrics.get("iteration", 0))
-        keep = [
-            (k, float(v), step)
-            for k, v in metrics.items()
-            if k in ("train_loss", "val_loss", "val_loss_ci95", "val_accuracy") or k.startswith("stats/")
-        ]
-        self._log(rid, keep)
+        # A validation whose inner loop blew up reports the penalty: not a point of the curve.
+        nonfinite = {"val_loss", "val_loss_ci95", "val_accuracy"} if metrics.get("val_nonfinite") else set()
+        columns = {k: [None if k in nonfinite else v] for k, v in metrics.items() if k != "iteration"}
+        notes: list[str] = []
+        points = progress_points({"iteration": [step], **columns}, notes)
+        if window:
+            points += progress_points(window, notes)
+        cut = {n.split(" stops at ")[0] for n in self._child_runs()[record.trial_id]["tags"].get(TAG_CUT, "").split("; ")}
+        self._log(rid, [p for p in points if p[0] not in cut])  # a stopped curve stays stopped
+        self._note_cuts(record, notes)
+
+    def _note_cuts(self, record: TrialRecord, notes: list[str]) -> None:
+        """Where curves stopped (a non-finite or blown-up point), as the tag ``metatune.cut``."""
+        if not notes:
+            return
+        run = self._child_runs()[record.trial_id]
+        old = run["tags"].get(TAG_CUT, "")
+        new = [n for n in notes if n not in old.split("; ")]
+        if new:
+            value = "; ".join([old, *new] if old else new)[:5000]
+            self.client.set_tag(run["run_id"], TAG_CUT, value)
+            run["tags"][TAG_CUT] = value
 
     def is_final(self, record: TrialRecord) -> bool:
         run = self._child_runs().get(record.trial_id)
@@ -277,42 +318,29 @@ class Tracker:
         """Everything about a trial; for a finished one, also the robustness curves, artifacts and
         its terminal status."""
         rid = self._child(record)
-        c = record.curves
-        points: list[tuple[str, float, int]] = []
-        train = c.get("train") or {}
-        its = train.get("iteration") or []
-        for key, values in train.items():
-            if key == "iteration":
-                continue
-            points += [(key, v, int(it)) for it, v in zip(its, values) if v is not None and it is not None]
-        for k, v in zip(c.get("shots") or [], c.get("loss_by_shots") or []):
-            points.append(("robust/loss_vs_shots", v, int(k)))
-        for k, v in zip(c.get("shots") or [], c.get("loss_by_shots_ci95") or []):
-            points.append(("robust/loss_vs_shots_ci95", v, int(k)))
-        for s, v in enumerate(c.get("loss_by_step") or []):
-            points.append(("robust/loss_vs_inner_step", v, s))
-        for i, (scale, v) in enumerate(zip(c.get("lr_scales") or [], c.get("loss_by_lr_scale") or [])):
-            points.append(("robust/loss_vs_lr_scale_index", v, i))
-            points.append((f"robust/loss_at_lr_scale_{scale:g}", v, 0))
-        finals = {
-            "objective": record.objective,
-            "test_loss": record.test_loss,
-            "test_loss_ci95": record.test_loss_ci95,
-            "test_accuracy": record.test_accuracy,
-            "test_accuracy_ci95": record.test_accuracy_ci95,
-            "diverged": 1.0 if record.status == TrialStatus.DIVERGED else (0.0 if record.finished else None),
-            "diverged_at": record.diverged_at,
-            "last_finite_loss": record.last_finite_loss,
-            "wall_time_s": record.wall_time_s,
-            "iterations": record.iteration,
-            "compiled": None if record.compiled is None else float(record.compiled),
-            "compile_graphs": record.compile_graphs,
-            "compile_cache_hits": record.compile_cache_hits,
-            "compile_seconds": record.compile_seconds,
+        diverged = record.status == TrialStatus.DIVERGED
+        end = int(record.iteration or 0)
+        finals: dict[str, tuple[Any, int]] = {
+            # The final validation extends the validation curve; a diverged trial has none.
+            "val_loss": (record.val_loss, end),
+            "test_loss": (record.test_loss, 0),
+            "test_loss_ci95": (record.test_loss_ci95, 0),
+            "test_accuracy": (record.test_accuracy, 0),
+            "test_accuracy_ci95": (record.test_accuracy_ci95, 0),
+            "diverged": (1.0 if diverged else (0.0 if record.finished else None), 0),
+            "diverged_at": (record.diverged_at, 0),
+            "last_finite_loss": (record.last_finite_loss, 0),
+            "wall_time_s": (record.wall_time_s, 0),
+            "iterations": (record.iteration, 0),
+            "compiled": (None if record.compiled is None else float(record.compiled), 0),
+            "compile_graphs": (record.compile_graphs, 0),
+            "compile_cache_hits": (record.compile_cache_hits, 0),
+            "compile_seconds": (record.compile_seconds, 0),
         }
-        if record.finished:
-            points += [(k, v, 0) for k, v in finals.items() if v is not None]
-        self._log(rid, [p for p in points if p[1] is not None])
+        notes: list[str] = []
+        points = trial_points(record.curves, finals if record.finished else {}, notes)
+        self._log(rid, points)
+        self._note_cuts(record, notes)
         tags = {TAG_STATUS: record.status.value}
         if record.diverged_at is not None:
             tags["metatune.diverged_at"] = str(record.diverged_at)
@@ -333,7 +361,6 @@ class Tracker:
             self._child_runs()[record.trial_id]["status"] = _TERMINAL[record.status]
         return rid
 
-
     def suspend(self, records: Sequence[TrialRecord]) -> None:
         """The driver stops before these trials finished: their runs become KILLED (a resumed
         study sets them RUNNING again) instead of staying RUNNING with nobody behind them."""
@@ -353,21 +380,3 @@ class Tracker:
                 self._set_status(tid, "KILLED")
                 closed.append(tid)
         return closed
-
-
-def ui_command(uri: str, *, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
-    """``mlflow server`` for a study's store, bound to loopback unless asked otherwise."""
-    return [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]

@@ -8,10 +8,6 @@ that). STUDY is a study folder, a study YAML, or a study name under ./metatune_r
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +16,7 @@ from metatune.errors import ConfigError
 from metatune.study.driver import describe_plan, execute, public_uri, tracker_for
 from metatune.study.preflight import check_resources, clear_study_folder, hold_study_lock, writable_folder
 from metatune.study.records import TrialStatus
+from metatune.study.ui import cmd_ui
 
 if TYPE_CHECKING:
     from metatune.study.resolved import Study
@@ -252,7 +249,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from metatune.study._ray.storage import OPTUNA_FILE, optuna_storage_url
     from metatune.study.spec import open_study
 
-    study = open_study(args.study or _find_default_study())
+    study = open_study(args.study or find_default_study())
     if study.spec.optuna.storage is None and not (study.dir / OPTUNA_FILE).is_file():
         raise ConfigError("<study>", f"no Optuna record yet in {study.dir / OPTUNA_FILE} (no trial has started)",
                           source=str(study.dir))
@@ -267,7 +264,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _find_default_study() -> str:
+def find_default_study() -> str:
     from metatune.study.spec import DEFAULT_ROOT, FROZEN_FILE
 
     found = sorted(p.parent for p in (Path.cwd() / DEFAULT_ROOT).glob(f"*/{FROZEN_FILE}"))
@@ -275,59 +272,6 @@ def _find_default_study() -> str:
         return str(found[0])
     names = ", ".join(p.name for p in found) or "none"
     raise ConfigError("STUDY", f"name the study to show (studies under ./{DEFAULT_ROOT}: {names})")
-
-
-def cmd_ui(args: argparse.Namespace) -> int:
-    from metatune.study._mlflow import ui_command
-    from metatune.study.spec import open_study
-
-    study = open_study(args.study or _find_default_study())
-    uri = study.tracking_uri
-    if not uri.startswith("sqlite:"):
-        print(f"study '{study.name}' logs to {uri}: open that in a browser (experiment '{study.experiment}')")
-        return 0
-    cmd = ui_command(uri, host=args.host, port=args.port) + [
-        "--artifacts-destination",
-        str(study.dir / "mlartifacts"),
-    ]
-    url = f"http://{args.host}:{args.port}"
-    with contextlib.suppress(Exception):  # the link is a convenience
-        t = tracker_for(study)
-        parent = t._search(f"tags.`metatune.study` = '{study.name}' and tags.`metatune.role` = 'parent'")
-        if parent:
-            url += f"/#/experiments/{t.experiment_id()}/runs/{parent[0].info.run_id}"
-    print(f"MLflow UI for study '{study.name}': {url}\n  ({' '.join(cmd[2:])}; Ctrl-C stops it)", flush=True)
-    # The server runs in its own session so that stopping `metatune ui` (Ctrl-C or SIGTERM)
-    # stops the server and every helper process it spawned, and nothing else.
-    # No background job workers (GenAI scoring, trace archival): a study store needs none.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
-
-    def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        _stop_group(proc)
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            # the session leader is gone; helpers in its group may linger for a moment
-            time.sleep(0.5)
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _add_exec_options(p: argparse.ArgumentParser) -> None:
@@ -390,7 +334,7 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("study", nargs="?", help="study folder, study YAML or name (default: the only one)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback only)")
     p.add_argument("--port", type=int, default=5000)
-    p.set_defaults(func=cmd_ui)
+    p.set_defaults(func=cmd_ui)  # in ui.py
 
     p = sub.add_parser("dashboard", help="open the study's Optuna record in optuna-dashboard (loopback)")
     p.add_argument("study", nargs="?", help="study folder, study YAML or name (default: the only one)")

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from metatune.study.records import FINISHED, TrialRecord, TrialStatus, format_params
+from metatune.study.records import FINISHED, TRAIN_WINDOW, TrialRecord, TrialStatus, format_params
 from metatune.study.report import Views
 from metatune.study.resolved import Study
 from metatune.study.status_file import best_record, write_status
@@ -68,7 +68,12 @@ class StudyMonitor:
         if record.trial_id not in self._announced:
             self._announced.add(record.trial_id)
             self._print(f"  > {record.name} started ({format_params(record)})")
-        self.views.progress(record, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        window = metrics.get(TRAIN_WINDOW)
+        self.views.progress(
+            record,
+            {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            window if isinstance(window, dict) else None,
+        )
 
     def trial_finished(self, record: TrialRecord, records: Sequence[TrialRecord]) -> None:
         for r in records:

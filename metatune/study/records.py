@@ -8,7 +8,7 @@ Tune's experiment state alone. Non-finite numbers never appear: they become ``No
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Final
@@ -20,6 +20,7 @@ __all__ = [
     "OUTCOME",
     "TEST_ACCURACY",
     "TEST_LOSS",
+    "TRAIN_WINDOW",
     "VAL_ACCURACY",
     "VAL_LOSS",
     "TrialRecord",
@@ -39,6 +40,9 @@ TEST_LOSS: Final = "test_loss"
 TEST_ACCURACY: Final = "test_accuracy"
 #: Key of the final report that says how training ended ("completed" | "diverged").
 OUTCOME = "outcome"
+#: Key of a periodic report holding the training-curve entries (one per ``log_every``
+#: iterations) since the previous report, as columns: the tracker logs them live.
+TRAIN_WINDOW = "train_window"
 
 
 class TrialStatus(StrEnum):
@@ -74,13 +78,23 @@ def finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def intermediate_payload(metrics: Mapping[str, float], *, metric: str, penalty: float) -> dict[str, Any]:
+def intermediate_payload(
+    metrics: Mapping[str, float],
+    *,
+    metric: str,
+    penalty: float,
+    window: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
     """A periodic report: the trainer's finite metrics, with the study metric always present
-    (a validation whose inner loop blew up reports the penalty instead of leaving it out)."""
-    out = {k: v for k, v in metrics.items() if finite(v) is not None}
+    (a validation whose inner loop blew up reports the penalty instead of leaving it out),
+    and the history entries ``window`` since the last report (see TRAIN_WINDOW)."""
+    out: dict[str, Any] = {k: v for k, v in metrics.items() if finite(v) is not None}
     if metric not in out:
         out[metric] = penalty
         out["val_nonfinite"] = 1.0
+    if window:
+        keys = list(dict.fromkeys(k for entry in window for k in entry))
+        out[TRAIN_WINDOW] = {k: [finite(e.get(k)) for e in window] for k in keys}
     return out
 
 

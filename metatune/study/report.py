@@ -26,6 +26,7 @@ from metatune.study.resolved import Study
 from metatune.study.results import write_trials
 from metatune.study.status_file import driver_running
 from metatune.study.table import StudyTable, build_table
+from metatune.study.ui import VIEW_KEY, runs_view_state
 
 __all__ = ["Views", "rebuild", "study_table"]
 
@@ -164,6 +165,8 @@ class Views:
             return False
         if self.tracker.parent_id is None:
             self._mlflow(self.tracker.start, self.study.frozen(), description=self._note(None))
+            if self.tracker.parent_id is not None:  # the runs view `metatune ui` opens on
+                self._mlflow(self.tracker.set_view, VIEW_KEY, runs_view_state(self.study))
         return self.tracker.parent_id is not None
 
     def _ready(self) -> Tracker | None:
@@ -184,10 +187,12 @@ class Views:
     def trial_dir(self, record: TrialRecord) -> Path:
         return self.study.dir / "trials" / record.trial_id
 
-    def progress(self, record: TrialRecord, metrics: dict[str, float]) -> None:
+    def progress(
+        self, record: TrialRecord, metrics: dict[str, float], window: dict[str, Any] | None = None
+    ) -> None:
         tracker = self._ready()
         if tracker is not None:
-            self._mlflow(tracker.log_progress, record, metrics)
+            self._mlflow(tracker.log_progress, record, metrics, window)
 
     def trial(self, record: TrialRecord, *, force: bool = False) -> None:
         """Local artifacts of a trial and its MLflow child run (skipped when both are up to date)."""

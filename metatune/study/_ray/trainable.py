@@ -65,12 +65,17 @@ def run_trial(plan: TrialPlan, config: dict[str, Any]) -> None:
     if trainer is None:
         trainer = Trainer(components)
 
+    # History entries not yet reported: a restored trainer's are (the tracker skips logged steps).
+    sent = len(trainer.history)
+
     def report(metrics: dict[str, float], tr: Trainer) -> None:
+        nonlocal sent
         if tr.iteration >= components.config.training.iterations:
             # The final report below carries this validation. Sent twice, ASHA would stop the
             # trial at max_t before its test evaluation arrives.
             return
-        payload = intermediate_payload(metrics, metric=plan.metric, penalty=plan.penalty)
+        window, sent = tr.history[sent:], len(tr.history)
+        payload = intermediate_payload(metrics, metric=plan.metric, penalty=plan.penalty, window=window)
         with tempfile.TemporaryDirectory(prefix="metatune-ckpt-") as d:
             path = tr.save(Path(d) / CHECKPOINT_FILE)
             store_latest_checkpoint(path.read_bytes())  # before Tune logs the result (see storage)
