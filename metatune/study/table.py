@@ -230,7 +230,7 @@ def _fill(cell: Cell, obs: list[tuple[TrialRecord, float | None, float | None]],
         cell.trial_ids = [o[0].trial_id for o in sorted(done, key=lambda o: (seed_of(o[0]) or 0))]
         cell.trial_id = cell.trial_ids[0]
         cell.diverged_seeds = sum(o[0].status == TrialStatus.DIVERGED for o in items)
-        cell.seeded = any(seed_of(o[0]) is not None and o[0].params.get(SEED_KEY) is not None for o in items)
+        cell.seeded = any(SEED_KEY in o[0].params for o in items)
         if sp is None:
             if any(o[0].curves.get("loss_by_shots") for o in done):
                 cell.status = TrialStatus.DIVERGED  # finished, but the test inner loop blew up
@@ -274,7 +274,9 @@ def build_table(
     elif published is not None and rows != "best":
         for pr in published.cells:
             row_values.setdefault(_fmt_row(float(pr) if rows != "shots" else int(pr)), float(pr) if rows != "shots" else int(pr))
-    ordered = sorted(row_values.values(), key=_sort_key if rows != "shots" else (lambda v: (0, float(v))))
+    # Counts (K, inner steps) read upwards as in the papers; rates largest first (Table 6.2).
+    counts = all(isinstance(v, int) and not isinstance(v, bool) for v in row_values.values())
+    ordered = sorted(row_values.values(), key=(lambda v: (0, float(v))) if counts else _sort_key)
     table = StudyTable(
         rows_axis=rows, value=value, learners=list(learners), rows=ordered, published=published, title=title,
         baseline=None if baseline is None else (baseline[0], baseline[1] * scale), scale=scale,
