@@ -145,3 +145,13 @@ def test_bad_replicates_are_one_line(tmp_path, extra, field, words):
     with pytest.raises(ConfigError) as err:
         _study(tmp_path, **extra)
     assert err.value.field == field and words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_progress_line_names_the_best_mean_configuration(tmp_path):
+    from metatune.study.monitor import progress_line
+
+    study = _study(tmp_path, seeds=[0, 1, 2])
+    lucky = [_seeded(f"a{s}", "maml", 0.1, s, loss=v) for s, v in enumerate([0.1, 0.9, 0.9])]
+    steady = [_seeded(f"b{s}", "tnet", 0.01, s, loss=0.5) for s in range(3)]
+    line = progress_line(study, lucky + steady, 0.0)
+    assert "best val_loss 0.5 over 3 seeds (tnet: inner_lr=0.01)" in line

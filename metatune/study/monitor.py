@@ -27,6 +27,17 @@ def progress_line(study: Study, records: Sequence[TrialRecord], elapsed_s: float
         f"({n[TrialStatus.COMPLETED]} completed, {n[TrialStatus.DIVERGED]} diverged, "
         f"{n[TrialStatus.STOPPED]} stopped, {n[TrialStatus.ERROR]} failed)"
     )
+    if study.spec.replicate_seeds:  # a configuration is its mean over seeds, not its luckiest seed
+        from metatune.study.export import best_configs
+
+        ranked = [g[0] for g in best_configs(records, mode=study.mode).values()]
+        sign = 1.0 if study.mode == "min" else -1.0
+        top = min(ranked, key=lambda g: sign * (g.objective() or 0.0), default=None)
+        if top is not None and top.objective() is not None:
+            rep = top.completed[0]
+            line += (f" | best {study.metric} {top.objective():.4g} over {len(top.completed)} seeds "
+                     f"({rep.learner}: {format_params(rep, seed=False) or 'defaults'})")
+        return line
     best = best_record(records, study.mode)
     if best is not None:
         line += f" | best {study.metric} {best.objective:.4g} ({best.name}: {format_params(best)})"
