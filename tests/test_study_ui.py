@@ -128,7 +128,7 @@ def test_parent_run_shows_table_and_plot(tmp_path):
         ["bash", str(ROOT / "benchmarks" / "ui_screenshot.sh"), str(study.dir), str(out), str(_free_port())],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,  # five headless-Chromium page loads; slow on a loaded 2-core machine
         env={
             "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
             "PYTHON": sys.executable,
