@@ -211,7 +211,14 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                 it = self.iteration
-                if it % cfg.log_every == 0 or it == cfg.iterations:
+                last = it == cfg.iterations
+                # Each period on its own: a validation or checkpoint is never skipped because its
+                # period is not a multiple of log_every.
+                due_eval = bool(cfg.eval_every) and (it % cfg.eval_every == 0 or last)
+                due_save = checkpoint_dir is not None and bool(cfg.checkpoint_every) and (
+                    it % cfg.checkpoint_every == 0 or last
+                )
+                if it % cfg.log_every == 0 or last or due_eval or due_save:
                     if not self._window_finite(window, flags, snapshot):
                         break
                     losses = torch.stack(window)
@@ -219,16 +226,13 @@ class Trainer:
                     self.last_finite_loss = losses[-1].item()
                     window.clear()
                     flags.clear()
-                    due_eval = cfg.eval_every and (it % cfg.eval_every == 0 or it == cfg.iterations)
                     if due_eval:
                         entry.update(self.validate())
                     self.history.append(entry)
                     if bar is not None:
                         bar.set_postfix({k: f"{v:.3g}" for k, v in entry.items() if k in ("train_loss", "val_loss")})
                     self.wall_time_s = base_time + time.perf_counter() - start
-                    if checkpoint_dir is not None and cfg.checkpoint_every and (
-                        it % cfg.checkpoint_every == 0 or it == cfg.iterations
-                    ):
+                    if due_save and checkpoint_dir is not None:
                         self.save(Path(checkpoint_dir) / CHECKPOINT_FILE)
                     if due_eval and report is not None:
                         report(self.metrics(entry), self)

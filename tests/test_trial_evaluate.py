@@ -82,6 +82,18 @@ def test_training_reduces_loss_and_records_history():
     assert set(result.evaluation.lr_scale_curve) == {0.5, 1.0, 2.0}
 
 
+def test_a_validation_is_never_skipped_for_a_log_period_that_does_not_divide_it(tmp_path):
+    cfg = {**BASE, "training": {**BASE["training"], "iterations": 30, "eval_every": 10, "log_every": 4,
+                                "checkpoint_every": 15}}
+    seen = []
+    result = Trainer(parse_config(cfg)).train(report=lambda m, t: seen.append(m["iteration"]), checkpoint_dir=tmp_path)
+    assert seen == [10, 20, 30]
+    # Logged at every multiple of 4, and at each validation and checkpoint besides.
+    assert [h["iteration"] for h in result.history] == [4, 8, 10, 12, 15, 16, 20, 24, 28, 30]
+    assert [h["iteration"] for h in result.history if "val_loss" in h] == [10, 20, 30]
+    assert (tmp_path / "checkpoint.pt").is_file()
+
+
 def test_sgd_outer_optimizer_is_plain_gradient_descent():
     cfg = {**BASE, "training": {**BASE["training"], "outer_optimizer": "sgd", "outer_lr": 0.1}}
     trainer = Trainer(parse_config(cfg))
