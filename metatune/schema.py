@@ -103,9 +103,13 @@ def _study_schema(defs: Schema) -> Schema:
     schema["properties"]["model"] = sections["model"]
     schema["properties"]["learners"] = {"oneOf": [
         {"type": "array", "items": {"enum": names}, "minItems": 1, "uniqueItems": True},
-        {"type": "object", "propertyNames": {"enum": names},
-         "additionalProperties": {"type": ["object", "null"]},
-         "description": "learner -> its fixed settings (see `metatune learners`)"},
+        {"type": "object", "propertyNames": {"pattern": "^[A-Za-z][A-Za-z0-9_]*$"},
+         "properties": {n: {"type": ["object", "null"]} for n in names},
+         # A variant: any label, with `learner: <registered name>` inside.
+         "additionalProperties": {"type": "object", "required": ["learner"],
+                                  "properties": {"learner": {"enum": names}}},
+         "description": "learner (or a variant label with `learner: NAME`) -> its fixed settings "
+                        "(see `metatune learners`)"},
     ]}
     return schema
 
