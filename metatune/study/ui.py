@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 
 from metatune.study.driver import public_uri, tracker_for
 from metatune.study.metric_keys import TEST_KEY, diverged_key, mlflow_key
-from metatune.study.param_names import LEARNER_KEY
+from metatune.study.param_names import LEARNER_KEY, SEED_KEY
 
 if TYPE_CHECKING:
     from metatune.study.resolved import Study
@@ -45,6 +45,8 @@ def runs_view_state(study: Study) -> dict[str, Any]:
     """The shared view: trials only, best objective first, the leading columns in order."""
     objective = mlflow_key(study.metric)
     params = ([LEARNER_KEY] if len(study.learners) > 1 else []) + [p.name for p in study.space.params]
+    if study.spec.replicate_seeds:  # which replicate a row is
+        params.append(SEED_KEY)
     columns = [
         _col("metrics", objective),
         _col("metrics", TEST_KEY if study.metric != "val_accuracy" else mlflow_key("test_accuracy")),
