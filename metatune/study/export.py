@@ -14,7 +14,7 @@ import yaml
 from metatune.atomic_files import write_atomic
 from metatune.config import parse_config
 from metatune.study.records import TrialRecord, TrialStatus, format_params
-from metatune.study.replicates import Replicates, group_replicates, seed_of, spread
+from metatune.study.replicates import Replicates, group_replicates, spread
 
 __all__ = ["Exported", "best_configs", "best_trials", "export_best", "summary_table"]
 
@@ -42,12 +42,8 @@ def best_configs(records: Sequence[TrialRecord], *, mode: str, top_k: int = 1) -
 def best_trials(records: Sequence[TrialRecord], *, mode: str, top_k: int = 1) -> dict[str, list[TrialRecord]]:
     """The trial standing for each best configuration (its lowest completed seed)."""
     return {
-        k: [_representative(g) for g in groups] for k, groups in best_configs(records, mode=mode, top_k=top_k).items()
+        k: [g.representative for g in groups] for k, groups in best_configs(records, mode=mode, top_k=top_k).items()
     }
-
-
-def _representative(group: Replicates) -> TrialRecord:
-    return min(group.completed, key=lambda t: (seed_of(t) or 0, t.trial_id))
 
 
 def _seed_note(group: Replicates) -> str:
@@ -78,7 +74,7 @@ def export_best(
     written: list[Exported] = []
     for learner, ranked in sorted(best_configs(records, mode=mode, top_k=top_k).items()):
         for rank, group in enumerate(ranked, start=1):
-            r = _representative(group)
+            r = group.representative
             cfg = trainable_config(r)
             parse_config(cfg)  # what `metatune train` will do; a failure here is a bug, not user input
             path = out_dir / (f"{learner}.yaml" if rank == 1 else f"{learner}_rank{rank}.yaml")
@@ -116,7 +112,7 @@ def summary_table(records: Sequence[TrialRecord], *, metric: str, mode: str, lea
     for learner in learners:
         mine = [r for r in records if r.learner == learner]
         g = best.get(learner, [None])[0]
-        b = _representative(g) if g is not None else None
+        b = g.representative if g is not None else None
         test = spread((t.test_loss, t.test_loss_ci95) for t in g.completed) if g is not None else None
         obj = g.objective() if g is not None else None
         rows.append(

@@ -34,7 +34,7 @@ def progress_line(study: Study, records: Sequence[TrialRecord], elapsed_s: float
         sign = 1.0 if study.mode == "min" else -1.0
         top = min(ranked, key=lambda g: sign * (g.objective() or 0.0), default=None)
         if top is not None and top.objective() is not None:
-            rep = top.completed[0]
+            rep = top.representative
             line += (f" | best {study.metric} {top.objective():.4g} over {len(top.completed)} seeds "
                      f"({rep.learner}: {format_params(rep, seed=False) or 'defaults'})")
         return line

@@ -76,10 +76,6 @@ class Replicates:
     def completed(self) -> list[TrialRecord]:
         return [t for t in self.trials if t.status == TrialStatus.COMPLETED]
 
-    @property
-    def diverged(self) -> int:
-        return sum(t.status == TrialStatus.DIVERGED for t in self.trials)
-
     def objective(self) -> float | None:
         """Mean objective over the completed seeds (what ranks configurations)."""
         vals = [t.objective for t in self.completed if t.objective is not None and math.isfinite(t.objective)]
@@ -87,9 +83,9 @@ class Replicates:
 
     @property
     def representative(self) -> TrialRecord:
-        """The trial that stands for the configuration (its lowest seed): its run config with
-        the seed taken out is the configuration."""
-        return min(self.trials, key=lambda t: (seed_of(t) is None, seed_of(t) or 0, t.trial_id))
+        """The trial that stands for the configuration: its lowest completed seed (the run
+        config exported for it; the seed inside is one of its replicates)."""
+        return min(self.completed, key=lambda t: (seed_of(t) or 0, t.trial_id))
 
     @property
     def seeds(self) -> list[int]:
