@@ -14,7 +14,7 @@ import yaml
 from metatune.atomic_files import write_atomic
 from metatune.config import parse_config
 from metatune.study.records import TrialRecord, TrialStatus, format_params
-from metatune.study.replicates import Replicates, group_replicates, spread
+from metatune.study.replicates import Replicates, group_replicates, seed_of, spread
 
 __all__ = ["Exported", "best_configs", "best_trials", "export_best", "summary_table"]
 
@@ -47,8 +47,11 @@ def best_trials(records: Sequence[TrialRecord], *, mode: str, top_k: int = 1) ->
 
 
 def _seed_note(group: Replicates) -> str:
-    n = len(group.completed)
-    return f" (mean over {n} seeds: {', '.join(str(s) for s in group.seeds)})" if len(group.trials) > 1 else ""
+    done = sorted(seed_of(t) or 0 for t in group.completed)
+    left = len(group.trials) - len(done)
+    if len(group.trials) < 2:
+        return ""
+    return f" (mean over {len(done)} seeds: {', '.join(map(str, done))}" + (f"; {left} not completed)" if left else ")")
 
 
 def trainable_config(record: TrialRecord) -> dict[str, Any]:
