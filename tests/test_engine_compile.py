@@ -124,10 +124,14 @@ def _vary(learner_cls, factor: float) -> dict[str, float]:
     """Every numeric setting moved by ``factor`` (inside its valid range)."""
     out = {}
     for h in learner_cls.hyperparameters:
+        if h.name == "wormhole_t_init":
+            continue  # C_0's other spelling for the tanh form: given C_0, t_0 follows (and must agree)
         if h.kind == "float":
             value = float(h.default) * factor if h.default else 0.25
             if h.high is not None:
                 value = min(value, h.high)
+            if h.name == "wormhole_c_init":
+                value = 0.5  # another C_0 the tanh form accepts (|C_0| < 1)
             out[h.name] = value
     return out
 
