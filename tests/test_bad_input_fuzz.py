@@ -269,6 +269,12 @@ def _learner_map(data: dict) -> dict[str, dict]:
     return {n: {} for n in raw} if isinstance(raw, list) else {k: dict(v or {}) for k, v in raw.items()}
 
 
+def _registered(label: str, settings: dict) -> str:
+    """The registered learner behind a study's entry: a variant (``label: {learner: NAME}``)
+    names it, a plain entry is its own name."""
+    return settings.get("learner", label)
+
+
 def _roundtrips(value: Any) -> bool:
     """Whether the YAML dumper writes ``value`` (as a key and as a value) so that it reads back
     the same (PyYAML folds a raw NEL inside quotes to a space, for one)."""
@@ -407,7 +413,7 @@ def study_cases(draw: Any) -> Case:
     if kind == "unknown_hparam":
         learners = _learner_map(data)
         learner = draw(st.sampled_from(sorted(learners)))
-        declared = LEARNERS.get(learner).declared()
+        declared = {*LEARNERS.get(_registered(learner, learners[learner])).declared(), "learner"}
         key = draw(KEYS.filter(lambda k: k not in declared and _roundtrips(k)))
         learners[learner][key] = draw(JUNK)
         data["learners"] = learners
@@ -415,7 +421,8 @@ def study_cases(draw: Any) -> Case:
     if kind == "bad_rate":
         learners = _learner_map(data)
         learner = draw(st.sampled_from(sorted(learners)))
-        rates = [h for h in LEARNERS.get(learner).hyperparameters if h.kind == "float" and h.low is not None]
+        cls = LEARNERS.get(_registered(learner, learners[learner]))
+        rates = [h for h in cls.hyperparameters if h.kind == "float" and h.low is not None]
         h = draw(st.sampled_from(rates))
         edge = [h.low] if h.low_open else []
         value = draw(st.one_of(st.sampled_from(edge or [h.low - 1]), st.floats(h.low - 100, h.low - 1e-6)))
@@ -437,7 +444,9 @@ def study_cases(draw: Any) -> Case:
                 data["scheduler"] = {"name": "asha"}
                 return Case(kind, data, field="scheduler.name")
             data["sampler"] = {"name": "cmaes"}
-            return Case(kind, data, field="sampler.name")
+            # With replicates the seed axis is what needs the grid, and the error says so there.
+            replicated = next((k for k in ("replicates", "seeds") if data.get(k)), None)
+            return Case(kind, data, field=replicated or "sampler.name")
         data["sampler"] = {"name": "grid"}  # ranges cannot be a grid
         return Case(kind, data, field="sampler.name")
     if kind == "missing_space_file":
@@ -456,7 +465,8 @@ def study_cases(draw: Any) -> Case:
             return Case(kind, set_path(data, path, value), field=path)
         learners = _learner_map(data)
         learner = draw(st.sampled_from(sorted(learners)))
-        numeric = [h for h in LEARNERS.get(learner).hyperparameters if h.kind in ("int", "float")]
+        cls = LEARNERS.get(_registered(learner, learners[learner]))
+        numeric = [h for h in cls.hyperparameters if h.kind in ("int", "float")]
         h = draw(st.sampled_from(numeric))
         learners[learner][h.name] = value
         data["learners"] = learners
