@@ -63,6 +63,8 @@ def _fast_optimizer(
 
 #: Called at every validation with (metrics, trainer); the study layer reports to Tune here.
 ReportFn = Callable[[dict[str, float], "Trainer"], None]
+#: Called with each history entry that no report carries (one per ``log_every`` iterations).
+LogFn = Callable[[dict[str, Any]], None]
 
 
 class Trainer:
@@ -190,6 +192,7 @@ class Trainer:
 
     def train(
         self, *, report: ReportFn | None = None, checkpoint_dir: str | Path | None = None, progress: bool = False,
+        on_log: LogFn | None = None,
     ) -> TrainResult:
         """Meta-train until ``training.iterations`` (continuing from a restored state) or divergence."""
         cfg = self.config.training
@@ -236,6 +239,8 @@ class Trainer:
                         self.save(Path(checkpoint_dir) / CHECKPOINT_FILE)
                     if due_eval and report is not None:
                         report(self.metrics(entry), self)
+                    elif on_log is not None:
+                        on_log(entry)
                     snapshot = self._snapshot()
         finally:
             if bar is not None:

@@ -7,10 +7,17 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-from metatune.study.records import FINISHED, TRAIN_WINDOW, TrialRecord, TrialStatus, format_params
+from metatune.study.records import (
+    FINISHED,
+    TRAIN_WINDOW,
+    TrialRecord,
+    TrialStatus,
+    format_params,
+    window_columns,
+)
 from metatune.study.report import Views
 from metatune.study.resolved import Study
 from metatune.study.status_file import best_record, write_status
@@ -85,6 +92,10 @@ class StudyMonitor:
             {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
             window if isinstance(window, dict) else None,
         )
+
+    def trial_log(self, record: TrialRecord, entries: Sequence[Mapping[str, Any]]) -> None:
+        """History entries a running trial pushed between its reports: the live training curve."""
+        self.views.progress(record, {}, window_columns(entries))
 
     def trial_finished(self, record: TrialRecord, records: Sequence[TrialRecord]) -> None:
         for r in records:

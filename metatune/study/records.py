@@ -31,6 +31,7 @@ __all__ = [
     "format_params",
     "intermediate_payload",
     "record_from_tune",
+    "window_columns",
 ]
 
 #: Metric names: the study objective is one of the val_* ones, the table shows a test_* one.
@@ -93,9 +94,15 @@ def intermediate_payload(
         out[metric] = penalty
         out["val_nonfinite"] = 1.0
     if window:
-        keys = list(dict.fromkeys(k for entry in window for k in entry))
-        out[TRAIN_WINDOW] = {k: [finite(e.get(k)) for e in window] for k in keys}
+        out[TRAIN_WINDOW] = window_columns(window)
     return out
+
+
+def window_columns(window: Sequence[Mapping[str, Any]]) -> dict[str, list[float | None]]:
+    """History entries as columns ``{"iteration": [...], "train_loss": [...], ...}`` (a
+    non-finite value as None), the shape of TRAIN_WINDOW."""
+    keys = list(dict.fromkeys(k for entry in window for k in entry))
+    return {k: [finite(e.get(k)) for e in window] for k in keys}
 
 
 #: What a trial records of its compilation (engine.CompileStats.since): graphs compiled, of

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ray import tune
 from ray.tune.experiment import Trial
 
+from metatune.study._ray.live import LiveLog
 from metatune.study._ray.snapshot import SnapshotCopier
 from metatune.study._ray.storage import mark_error
 from metatune.study._ray.trials import record, records
@@ -44,15 +45,20 @@ class DriverStop:
 
 #: Per study folder, what stopped its driver (read by run_study once Tune returns).
 _STOPS: dict[str, DriverStop] = {}
+#: Per study folder, the inbox of the trials' live training-loss entries.
+_LIVE: dict[str, LiveLog] = {}
 
 
-def attach_monitor(key: str, monitor: StudyMonitor) -> None:
+def attach_monitor(key: str, monitor: StudyMonitor, *, live: LiveLog | None = None) -> None:
     _MONITORS[key] = monitor
     _STOPS[key] = DriverStop()
+    if live is not None:
+        _LIVE[key] = live
 
 
 def detach_monitor(key: str) -> None:
     _MONITORS.pop(key, None)
+    _LIVE.pop(key, None)
 
 
 def driver_stop(key: str) -> DriverStop:
@@ -194,4 +200,13 @@ class StudyCallback(tune.Callback):
         if self._copier is None:
             self._copier = SnapshotCopier(mon.study)
         self._copier.maybe_copy()
+        live = _LIVE.get(self.key)
+        pushed = live.drain() if live is not None else {}
+        if pushed:
+            by_id = {t.trial_id: t for t in trials}
+            for trial_id, entries in pushed.items():
+                trial = by_id.get(trial_id)
+                rec = record(mon.study, trial) if trial is not None else None
+                if rec is not None:
+                    mon.trial_log(rec, entries)
         mon.tick(lambda: records(mon.study, trials))

@@ -1,7 +1,7 @@
 """The trainable: one Tune trial trains one run config, reporting at each validation.
 
 The worker receives the study's trial plan (never the study file) and builds only the run
-config of its own trial."""
+config of its own trial; the history entries between reports go to the driver live (see live)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 from ray import tune
 
 from metatune.errors import CheckpointError
+from metatune.study._ray.live import LiveSender
 from metatune.study._ray.storage import (
     store_final,
     store_latest_checkpoint,
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 StudyTrainable = type[tune.Trainable] | Callable[[dict[str, Any]], None]
 
 
-def run_trial(plan: TrialPlan, config: dict[str, Any]) -> None:
+def run_trial(plan: TrialPlan, config: dict[str, Any], *, live: LiveSender | None = None) -> None:
     """Train one trial (inside a Tune worker)."""
     from metatune.config import parse_config
     from metatune.trial import CHECKPOINT_FILE, Trainer, to_json
@@ -81,7 +82,7 @@ def run_trial(plan: TrialPlan, config: dict[str, Any]) -> None:
             store_latest_checkpoint(path.read_bytes())  # before Tune logs the result (see storage)
             tune.report(payload, checkpoint=tune.Checkpoint.from_directory(d))
 
-    result = trainer.train(report=report)
+    result = trainer.train(report=report, on_log=live)
     validation = None
     if result.status == TrialStatus.COMPLETED:
         last = result.history[-1] if result.history else {}
@@ -97,12 +98,13 @@ def run_trial(plan: TrialPlan, config: dict[str, Any]) -> None:
     tune.report(payload)
 
 
-def make_trainable(study: Study) -> StudyTrainable:
-    """The study's trainable with its resources; it carries the trial plan to the workers."""
+def make_trainable(study: Study, *, live: LiveSender | None = None) -> StudyTrainable:
+    """The study's trainable with its resources; it carries the trial plan (and the live
+    training-loss inbox) to the workers."""
     plan = study.plan
 
     def metatune_trial(config: dict[str, Any]) -> None:
-        run_trial(plan, config)
+        run_trial(plan, config, live=live)
 
     res = study.spec.resources
     resources = {"cpu": res.cpus}

@@ -30,6 +30,7 @@ from metatune.study._ray.callback import (
     driver_stop,
     stop_if_disk_refuses,
 )
+from metatune.study._ray.live import LiveLog
 from metatune.study._ray.searcher import StudyLimiter, StudySearch, use_storage_url, warm_start
 from metatune.study._ray.snapshot import SnapshotCopier
 from metatune.study._ray.storage import can_resume, optuna_storage_url, optuna_trials, prune_checkpoints
@@ -234,10 +235,11 @@ def run_study(study: Study, monitor: StudyMonitor, *, resume: bool = False) -> S
     Raises RestoreFailed when ``resume`` finds a snapshot Tune cannot read (Tune would start a
     new experiment); call ``repair_snapshot`` first, which puts the last good copy back."""
     configure_tune_env()
-    trainable = make_trainable(study)
+    live = LiveLog()
+    trainable = make_trainable(study, live=live.sender())
     use_storage_url(optuna_storage_url(study), study.name, folder=str(study.dir))  # a restored searcher reopens it
     key = str(study.dir)
-    attach_monitor(key, monitor)
+    attach_monitor(key, monitor, live=live)
     copier = SnapshotCopier(study)
     grid = None
     try:
@@ -261,6 +263,7 @@ def run_study(study: Study, monitor: StudyMonitor, *, resume: bool = False) -> S
     finally:
         stop = driver_stop(key)
         detach_monitor(key)
+        live.close()
         if grid is not None:
             copier.maybe_copy(force=True)  # Tune's final snapshot, whole
         if stop.disk_problem is None:
