@@ -105,6 +105,22 @@ def test_shots_rows_put_each_test_k_on_its_own_row_beside_table_6_1():
     assert table.cell(20, "mtnet").seed_sd == pytest.approx(statistics.stdev([0.2, 0.3]))
 
 
+def test_a_diverged_seed_is_counted_in_every_k_row():
+    records = [_seeded(f"t{s}", "mtnet", 0.01, s, loss=v) for s, v in enumerate([0.4, 0.6])]
+    records.append(_seeded("t2", "mtnet", 0.01, 2, loss=0.5, status="diverged"))
+    assert not records[-1].curves.get("shots")  # a diverged trial has no test evaluation
+    for planned in (None, [5, 10, 20, 40]):
+        table = build_table(records, rows="shots", learners=["mtnet"], planned_rows=planned)
+        for k in (5, 10, 20):
+            cell = table.cell(k, "mtnet")
+            assert (cell.seeds, cell.diverged_seeds, cell.trials) == (2, 1, 3), (k, cell)
+            assert cell.text().endswith("1 diverged)")
+    # A K no completed trial was tested at: the diverged seed alone, said as such.
+    assert table.cell(40, "mtnet").status == "diverged"
+    alone = build_table(records[-1:], rows="shots", learners=["mtnet"], planned_rows=[5, 10])
+    assert [alone.cell(k, "mtnet").status for k in (5, 10)] == ["diverged", "diverged"]
+
+
 def test_the_study_plot_draws_replicated_cells(tmp_path):
     records = [_seeded(f"{a}{s}", "maml", a, s, loss=0.5 + 0.1 * s + a) for a in (0.01, 0.1) for s in range(3)]
     table = build_table(records, rows="inner_lr", learners=["maml"])

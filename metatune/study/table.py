@@ -181,26 +181,29 @@ def _sort_key(v: Any) -> tuple[int, Any]:
 
 
 def _observations(
-    records: Sequence[TrialRecord], *, rows: str, value: str, scale: float = 1.0
+    records: Sequence[TrialRecord], *, rows: str, value: str, scale: float = 1.0, shots: Sequence[int] = ()
 ) -> list[tuple[Any, TrialRecord, float | None, float | None]]:
     """(row value, trial, its value, its 95 % CI) for every cell a trial contributes to:
-    one for a searched knob or 'best', one per test K for 'shots'; values times ``scale``."""
+    one for a searched knob or 'best', one per test K for 'shots' (a trial not evaluated, such
+    as a diverged seed, in each of ``shots`` and the Ks other trials have); values times ``scale``."""
     if scale != 1.0:
         return [
             (rv, r, None if v is None else v * scale, None if c is None else c * scale)
-            for rv, r, v, c in _observations(records, rows=rows, value=value)
+            for rv, r, v, c in _observations(records, rows=rows, value=value, shots=shots)
         ]
     out: list[tuple[Any, TrialRecord, float | None, float | None]] = []
+    every_k = sorted({int(k) for k in shots} | {int(k) for r in records for k in (r.curves or {}).get("shots") or []})
     for r in records:
         if rows == "shots":
             curves = r.curves or {}
-            shots = curves.get("shots") or []
+            ks = curves.get("shots") or []
             means = curves.get("accuracy_by_shots" if value == "test_accuracy" else "loss_by_shots") or []
             cis = [] if value == "test_accuracy" else curves.get("loss_by_shots_ci95") or []
-            for i, k in enumerate(shots):
+            for i, k in enumerate(ks):
                 out.append((int(k), r, means[i] if i < len(means) else None, cis[i] if i < len(cis) else None))
-            if not shots:  # not evaluated yet (running, diverged): it still counts in its learner's rows
-                out.append((None, r, None, None))
+            # Not evaluated (running, diverged): it still counts in its learner's cells, so a
+            # diverged seed is said, not silently left out of the K rows.
+            out.extend((k, r, None, None) for k in ([] if ks else every_k))
             continue
         rv = "best" if rows == "best" else r.value(rows)
         if rv is not None:
@@ -263,7 +266,8 @@ def build_table(
     plus any other row a trial has; without a plan, the published table's rows too."""
     groups: dict[tuple[str, str], list[tuple[TrialRecord, float | None, float | None]]] = {}
     row_values: dict[str, Any] = {}
-    for rv, r, v, c in _observations(records, rows=rows, value=value, scale=scale):
+    planned_shots = [int(k) for k in planned_rows or ()] if rows == "shots" else []
+    for rv, r, v, c in _observations(records, rows=rows, value=value, scale=scale, shots=planned_shots):
         if rv is None:
             continue
         groups.setdefault((_fmt_row(rv), r.learner), []).append((r, v, c))
