@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -33,26 +33,35 @@ class _Inbox:
         self._entries: list[tuple[str, dict[str, Any]]] = []
         self._limit = limit
 
-    def push(self, trial_id: str, entry: dict[str, Any]) -> None:
-        if len(self._entries) < self._limit:
-            self._entries.append((trial_id, entry))
+    def push(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        self._entries.extend(entries[: max(0, self._limit - len(self._entries))])
 
     def drain(self) -> list[tuple[str, dict[str, Any]]]:
         out, self._entries = self._entries, []
         return out
 
 
-@dataclass(frozen=True)
+@dataclass
 class LiveSender:
-    """What a trial calls with each history entry; never blocks, never raises."""
+    """What a trial calls with each history entry; never blocks, never raises. One actor call
+    costs about 0.65 ms on 2 cores (benchmarks/live_push.py), as much as a compiled training
+    step, so entries go at most every ``period_s`` in one call: the curve is live to within
+    that, whatever ``log_every`` is."""
 
     inbox: ActorHandle
+    period_s: float = 0.5
+    _pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list, repr=False)
+    _sent_at: float = 0.0
 
     def __call__(self, entry: Mapping[str, Any]) -> None:
         try:
-            self.inbox.push.remote(tune.get_context().get_trial_id(), dict(entry))
+            self._pending.append((tune.get_context().get_trial_id(), dict(entry)))
+            now = time.monotonic()
+            if now - self._sent_at >= self.period_s:
+                self.inbox.push.remote(self._pending)
+                self._pending, self._sent_at = [], now
         except Exception:  # a view: the next report carries the entry anyway
-            pass
+            self._pending.clear()
 
 
 class LiveLog:
