@@ -1,6 +1,7 @@
 """The training loss live at every ``log_every``: between validation reports, a trial pushes
-each history entry to a small actor, and the driver drains it once a second and logs the points
-to MLflow (only the driver writes the stores, design.md).
+its history entries to a small actor (at most one call per half second, see LiveSender), and the
+driver drains it once a second and logs the points to MLflow (only the driver writes the
+stores, design.md).
 
 Tune reports stay at validations: reporting at every log point would change what Tune's metric
 check, ASHA's rungs and Optuna's intermediate values count. Each report still carries its whole
