@@ -4,12 +4,15 @@ end, its sqlite MLflow store read while the trial trains."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import sqlite3
 from pathlib import Path
 
+import ray
 import yaml
 
+from metatune.study._ray.live import LiveLog
 from tests.study_process import Driver, trial_rows
 
 LOG_EVERY = 50
@@ -68,3 +71,21 @@ def test_train_loss_is_in_mlflow_before_the_first_report(tmp_path):
     assert steps == list(range(LOG_EVERY, LOG_EVERY * (len(steps) + 1), LOG_EVERY)), steps
     assert all(0 < value < 50 for _, _, value in points), points  # sine MSE, finite
     assert rc == 130, driver.output()[-3000:]
+
+
+def test_a_dead_inbox_costs_one_warning_and_nothing_else(caplog):
+    """The inbox is a view: when it is gone (its node died), draining gives nothing, says so
+    once, and never raises into Tune's loop."""
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        live = LiveLog(period_s=0.0)
+        sender = live.sender()
+        sender.inbox.push.remote([("t1", {"iteration": 5, "train_loss": 1.0})])
+        assert live.drain(force=True) == {"t1": [{"iteration": 5, "train_loss": 1.0}]}
+        live.close()
+        with caplog.at_level(logging.WARNING):
+            assert live.drain(force=True) == {} and live.drain(force=True) == {}
+        warned = [r for r in caplog.records if "live training loss is unavailable" in r.getMessage()]
+        assert len(warned) == 1, caplog.records
+    finally:
+        ray.shutdown()

@@ -72,6 +72,7 @@ class LiveLog:
         self._inbox = _Inbox.remote(limit)  # type: ignore[attr-defined]  # ray.remote makes it an actor class
         self._period_s = period_s
         self._last = 0.0
+        self._warned = False
 
     def sender(self) -> LiveSender:
         return LiveSender(self._inbox)
@@ -85,7 +86,12 @@ class LiveLog:
         try:
             entries = ray.get(self._inbox.drain.remote(), timeout=10)
         except Exception as exc:  # the inbox died with its node: reports still carry the windows
-            log.debug("live training loss unavailable: %s", exc)
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "metatune: the live training loss is unavailable (%s); it reaches MLflow with each "
+                    "validation instead", exc,
+                )
             return {}
         out: dict[str, list[dict[str, Any]]] = {}
         for trial_id, entry in entries:
