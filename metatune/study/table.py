@@ -192,7 +192,10 @@ def _observations(
             for rv, r, v, c in _observations(records, rows=rows, value=value, shots=shots)
         ]
     out: list[tuple[Any, TrialRecord, float | None, float | None]] = []
-    every_k = sorted({int(k) for k in shots} | {int(k) for r in records for k in (r.curves or {}).get("shots") or []})
+    every_k = (
+        sorted({int(k) for k in shots} | {int(k) for r in records for k in (r.curves or {}).get("shots") or []})
+        if rows == "shots" else []
+    )
     for r in records:
         if rows == "shots":
             curves = r.curves or {}

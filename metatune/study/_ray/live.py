@@ -51,8 +51,8 @@ class LiveSender:
 
     inbox: ActorHandle
     period_s: float = 0.5
-    _pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list, repr=False)
-    _sent_at: float = 0.0
+    _pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list, init=False, repr=False)
+    _sent_at: float = field(default=0.0, init=False, repr=False)
 
     def __call__(self, entry: Mapping[str, Any]) -> None:
         try:
